@@ -1,0 +1,7 @@
+// Package backends enables every storage lnvault ships: importing it
+// registers the file:, socket: and s3: URL schemes with lnvault.Open.
+package backends
+
+import (
+// Each storage package registers itself in its init; add one line per package.
+)

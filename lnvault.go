@@ -1,0 +1,184 @@
+// Package lnvault holds the domain types shared by every part of lnvault: a
+// change of a Core Lightning database, a backup's metadata, the Backend
+// interface that every storage implements, and the registry that opens a
+// backend from its URL.
+package lnvault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Kind tells a transaction from a snapshot. The values are the record types of
+// the reference file format.
+type Kind uint8
+
+const (
+	KindTransaction Kind = 1
+	KindSnapshot    Kind = 2
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindTransaction:
+		return "transaction"
+	case KindSnapshot:
+		return "snapshot"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Change is one entry of a backup's log.
+//
+// Version is Core Lightning's data_version after the change. A transaction
+// carries the SQL statements (literals inlined) that lead there; a snapshot
+// carries the whole database file at that version.
+type Change struct {
+	Version    uint32
+	Kind       Kind
+	Statements []string
+
+	// Snapshot is the database file of a snapshot change. A SectionReader so
+	// that several destinations can read it in parallel (io.NewSectionReader
+	// over it) and so that a large snapshot can live on disk, not in RAM. When
+	// a backend streams a change to a callback, Snapshot is valid only until
+	// the callback returns.
+	Snapshot *io.SectionReader
+}
+
+// NewTransaction returns a transaction change.
+func NewTransaction(version uint32, statements []string) *Change {
+	return &Change{Version: version, Kind: KindTransaction, Statements: statements}
+}
+
+// NewSnapshot returns a snapshot change whose bytes are read from r.
+func NewSnapshot(version uint32, r *io.SectionReader) *Change {
+	return &Change{Version: version, Kind: KindSnapshot, Snapshot: r}
+}
+
+// Metadata is what a backup knows about its head, as in the reference: the
+// last stored version, the one before it (for a single rewind) and how many
+// changes were stored.
+type Metadata struct {
+	Version      uint32 `json:"version"`
+	PrevVersion  uint32 `json:"prev_version"`
+	VersionCount uint64 `json:"version_count"`
+}
+
+// SizeStats is one side of a compaction's statistics, in the reference's JSON
+// shape.
+type SizeStats struct {
+	BackupSize   int64  `json:"backupsize"`
+	VersionCount uint64 `json:"version_count"`
+}
+
+// CompactStats is the result of a compaction, in the reference's JSON shape:
+// {"before": {"backupsize", "version_count"}, "after": {...}}.
+type CompactStats struct {
+	Before SizeStats `json:"before"`
+	After  SizeStats `json:"after"`
+}
+
+// Status describes a backup for `lnvault status` and `backup-status`.
+type Status struct {
+	URL        string    `json:"url"`
+	Format     string    `json:"format"` // e.g. "file v2", "socket", "s3"
+	Metadata   Metadata  `json:"metadata"`
+	Records    int64     `json:"records"`     // changes currently in the log
+	Size       int64     `json:"size_bytes"`  // bytes used by the backup
+	LastChange time.Time `json:"last_change"` // zero when unknown
+}
+
+// Backend is one storage of a backup. Implementations are safe for one
+// writer; Metadata, Status and Stream may be called while it appends.
+type Backend interface {
+	// Metadata returns the head of the backup as of the last Append/Rewind.
+	Metadata() Metadata
+
+	// Append stores c after the head. It returns only when c is durable
+	// (fsync'd, acknowledged by the server, or the PUT completed). A change
+	// whose version repeats the head's version (a migration's PRAGMA
+	// foreign_keys payload) is stored like any other.
+	Append(ctx context.Context, c *Change) error
+
+	// Rewind removes the last change, durably. Only one rewind is allowed in
+	// a row; a second returns ErrRewindTwice.
+	Rewind(ctx context.Context) error
+
+	// Stream calls fn for every change needed to materialise the database,
+	// in order, starting with the first change whose version is >= from
+	// (0: everything). A snapshot replaces everything before it. Returning
+	// ErrStop from fn ends the stream without error. A damaged backup yields
+	// an error (see CorruptError), never a silently shortened stream.
+	Stream(ctx context.Context, from uint32, fn func(*Change) error) error
+
+	// Compact replaces the log up to (not including) the head change with a
+	// snapshot; the head stays a separate change so it can still be rewound.
+	Compact(ctx context.Context) (CompactStats, error)
+
+	// Status describes the backup.
+	Status(ctx context.Context) (Status, error)
+
+	Close() error
+}
+
+// Errors shared by backends. Wrap them with %w so callers can use errors.Is.
+var (
+	// ErrStop ends a Stream early without error.
+	ErrStop = errors.New("stop")
+	// ErrNotFound: there is no backup at the URL.
+	ErrNotFound = errors.New("no backup found")
+	// ErrExists: Create was asked for a backup that already exists.
+	ErrExists = errors.New("backup already exists")
+	// ErrLocked: another writer holds the backup.
+	ErrLocked = errors.New("backup is in use by another writer")
+	// ErrRewindTwice: a second rewind in a row.
+	ErrRewindTwice = errors.New("cannot rewind more than one change")
+	// ErrVersion: a change whose version does not follow the head.
+	ErrVersion = errors.New("version does not follow the backup's head")
+	// ErrCorrupt: the backup is damaged. Usually wrapped in a *CorruptError.
+	ErrCorrupt = errors.New("backup is corrupt")
+)
+
+// CorruptError names where a backup is damaged.
+type CorruptError struct {
+	Offset  int64  // byte offset of the bad record or header (-1 if not a file)
+	Version uint32 // version of the bad record, or of the last good one, 0 if unknown
+	Object  string // object name for object storage, "" for files
+	Reason  string
+}
+
+func (e *CorruptError) Error() string {
+	where := ""
+	switch {
+	case e.Object != "":
+		where = fmt.Sprintf(" in object %s", e.Object)
+	case e.Offset >= 0:
+		where = fmt.Sprintf(" at offset %d", e.Offset)
+	}
+	v := ""
+	if e.Version != 0 {
+		v = fmt.Sprintf(" (version %d)", e.Version)
+	}
+	return fmt.Sprintf("backup is corrupt%s%s: %s", where, v, e.Reason)
+}
+
+func (e *CorruptError) Unwrap() error { return ErrCorrupt }
+
+// CheckNext tells whether a change of version next may follow a head at
+// version head. The next version, or a repeat of the head (migrations send
+// their PRAGMA foreign_keys payload with the previous data_version), is
+// allowed; the first change of an empty backup (head 0) may carry any version
+// because init can snapshot a database at any data_version.
+func CheckNext(head Metadata, next uint32) error {
+	if head.Version == 0 && head.VersionCount == 0 {
+		return nil
+	}
+	if next == head.Version+1 || next == head.Version {
+		return nil
+	}
+	return fmt.Errorf("%w: head is %d, got %d", ErrVersion, head.Version, next)
+}
