@@ -125,6 +125,13 @@ type Backend interface {
 	Close() error
 }
 
+// VersionAtTimer is implemented by backends that know when each change was
+// stored (object storage), for point-in-time restores (`--to-time`).
+type VersionAtTimer interface {
+	// VersionAt returns the last version stored at or before t.
+	VersionAt(ctx context.Context, t time.Time) (uint32, error)
+}
+
 // Errors shared by backends. Wrap them with %w so callers can use errors.Is.
 var (
 	// ErrStop ends a Stream early without error.

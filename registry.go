@@ -20,6 +20,9 @@ type OpenOptions struct {
 	// ReadOnly opens for Stream/Status/Metadata only: no lock is taken and
 	// Append, Rewind and Compact fail.
 	ReadOnly bool
+	// Parallelism bounds concurrent downloads where a backend can fetch in
+	// parallel (object storage restores); 0 means the backend's default.
+	Parallelism int
 	// Logger receives the backend's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
