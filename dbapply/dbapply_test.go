@@ -53,8 +53,8 @@ func TestCorpusReplayMatchesDump(t *testing.T) {
 func TestFixStatement(t *testing.T) {
 	for in, want := range map[string]string{
 		"UPDATE outputs SET status=0, reserved_til=123WHERE prev_out_tx=x'00'": "UPDATE outputs SET status=0, reserved_til=123 WHERE prev_out_tx=x'00'",
-		"UPDATE channels SET peer_id=7WHERE channels.id=3":                      "UPDATE channels SET peer_id=7 WHERE channels.id=3",
-		"UPDATE vars SET intval = intval + 1 WHERE name = 'data_version'":       "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version'",
+		"UPDATE channels SET peer_id=7WHERE channels.id=3":                     "UPDATE channels SET peer_id=7 WHERE channels.id=3",
+		"UPDATE vars SET intval = intval + 1 WHERE name = 'data_version'":      "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version'",
 	} {
 		if got := dbapply.FixStatement(in); got != want {
 			t.Errorf("FixStatement(%q) = %q, want %q", in, got, want)
