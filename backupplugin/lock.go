@@ -1,0 +1,97 @@
+package backupplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// LockFile is the name of the file, in lightningd's network directory (the
+// plugin's cwd), that names the backup destinations.
+const LockFile = "backup.lock"
+
+// Lock is the content of backup.lock. backend_url is the reference plugin's
+// field; backend_urls lets one node write to several destinations.
+type Lock struct {
+	BackendURL  string   `json:"backend_url,omitempty"`
+	BackendURLs []string `json:"backend_urls,omitempty"`
+}
+
+// URLs returns every destination, backend_url first, without duplicates.
+func (l Lock) URLs() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, u := range append([]string{l.BackendURL}, l.BackendURLs...) {
+		if u != "" && !seen[u] {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// ParseLock decodes and checks a backup.lock.
+func ParseLock(data []byte) (Lock, error) {
+	var l Lock
+	if err := json.Unmarshal(data, &l); err != nil {
+		return Lock{}, fmt.Errorf("not valid JSON: %w", err)
+	}
+	if len(l.URLs()) == 0 {
+		return Lock{}, errors.New(`it names no destination (expected {"backend_url": "file:///..."})`)
+	}
+	return l, nil
+}
+
+// ReadLock reads dir/backup.lock. The error says what to run to create it.
+func ReadLock(dir string) (Lock, error) {
+	path := filepath.Join(dir, LockFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return Lock{}, fmt.Errorf("could not find %s: initialise the backup first with `lnvault init file:///path/to/backup.dbak --lightning-dir %s`", path, dir)
+		}
+		return Lock{}, fmt.Errorf("reading %s: %w", path, err)
+	}
+	l, err := ParseLock(data)
+	if err != nil {
+		return Lock{}, fmt.Errorf("%s is damaged: %v; recreate it with `lnvault init file:///path/to/backup.dbak --lightning-dir %s` (or fix the JSON by hand)", path, err, dir)
+	}
+	return l, nil
+}
+
+// WriteLock writes dir/backup.lock atomically and durably (temp file, fsync,
+// rename, directory fsync).
+func WriteLock(dir string, l Lock) error {
+	data, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	tmp, err := os.CreateTemp(dir, ".backup.lock-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, LockFile)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

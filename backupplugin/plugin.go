@@ -1,0 +1,298 @@
+// Package backupplugin is lnvault's Core Lightning plugin: it answers the
+// db_write hook only once the change is durable at every destination named in
+// backup.lock, enforces the first-write rule after a restart, and offers the
+// backup-status and backup-compact RPC methods. Extensions (static channel
+// backups) plug in through RegisterExtension.
+package backupplugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/clnplugin"
+	"github.com/lnvault/lnvault/clnrpc"
+)
+
+// Option names and defaults.
+const (
+	OptDestination    = "backup-destination"
+	OptCompactSize    = "backup-compact-size"
+	OptCompactChanges = "backup-compact-changes"
+
+	DefaultCompactSize    = 1 << 30
+	DefaultCompactChanges = 100000
+)
+
+// InitEnv is what an extension gets at init.
+type InitEnv struct {
+	Init         *clnplugin.InitRequest
+	RPC          *clnrpc.Client // lightningd's RPC; never call it from a db_write path
+	Log          *slog.Logger
+	Dir          string          // the plugin's cwd: <lightning-dir>/<network>
+	Destinations []*Destination  // the backup destinations (shared; do not close)
+	Fatal        func(err error) // stops the plugin, and so lightningd
+}
+
+// Extension adds features to the plugin without editing it.
+type Extension interface {
+	// Name names the extension in logs and in backup-status.
+	Name() string
+	// Setup declares options, RPC methods and subscriptions (before
+	// getmanifest is answered).
+	Setup(p *clnplugin.Plugin)
+	// OnInit runs after the backup plugin's own init checks, in the init
+	// request's goroutine (never in the db_write path). An error is logged
+	// and disables only the extension; call env.Fatal to stop the node.
+	OnInit(ctx context.Context, env *InitEnv) error
+	// Status is shown under extensions.<name> in backup-status.
+	Status() any
+}
+
+var (
+	extMu      sync.Mutex
+	extensions []Extension
+)
+
+// RegisterExtension adds an extension to every plugin started later. Call it
+// from an init function.
+func RegisterExtension(e Extension) {
+	extMu.Lock()
+	defer extMu.Unlock()
+	extensions = append(extensions, e)
+}
+
+func registered() []Extension {
+	extMu.Lock()
+	defer extMu.Unlock()
+	return slices.Clone(extensions)
+}
+
+// Config is how Run is started; zero fields take the process's own.
+type Config struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Dir    string // cwd, where backup.lock is
+}
+
+// Main runs the plugin on the process's stdin/stdout and returns the exit code.
+func Main(ctx context.Context) int {
+	if err := Run(ctx, Config{}); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// Run runs the plugin until lightningd closes stdin (nil) or a fatal error.
+// Fatal errors are logged to lightningd before Run returns them.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Stdin == nil {
+		cfg.Stdin = os.Stdin
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		cfg.Dir = wd
+	}
+	p := clnplugin.New()
+	p.SetOutput(cfg.Stdout)
+	log := p.Log()
+	fail := func(err error) error {
+		log.Error(err.Error())
+		return err
+	}
+
+	// backup.lock is read before getmanifest is answered: db_write comes
+	// before init, and every change must reach the right destination.
+	lock, err := ReadLock(cfg.Dir)
+	if err != nil {
+		return fail(err)
+	}
+	urls := lock.URLs()
+	dests, err := openAll(ctx, urls, log)
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		for _, d := range dests {
+			if err := d.Backend.Close(); err != nil {
+				log.Warn("closing destination", "destination", d.URL, "err", err)
+			}
+		}
+	}()
+	v := NewVault(ctx, dests, log)
+	v.SetAutoCompact(Thresholds{Size: DefaultCompactSize, Changes: DefaultCompactChanges})
+	defer v.Wait()
+	exts := registered()
+
+	p.AddOption(clnplugin.Option{Name: OptDestination, Type: "string",
+		Description: "Destination of the database backups (file:///filename/on/another/disk/); must match backup.lock"})
+	p.AddOption(clnplugin.Option{Name: OptCompactSize, Type: "int", Default: DefaultCompactSize,
+		Description: "Compact the backup automatically when it grows past this many bytes (0: never)"})
+	p.AddOption(clnplugin.Option{Name: OptCompactChanges, Type: "int", Default: DefaultCompactChanges,
+		Description: "Compact the backup automatically after this many changes (0: never)"})
+
+	p.AddHook("db_write", func(ctx context.Context, params json.RawMessage) (any, error) {
+		var req struct {
+			DataVersion *uint32  `json:"data_version"`
+			Writes      []string `json:"writes"`
+		}
+		if err := json.Unmarshal(params, &req); err != nil {
+			return nil, fmt.Errorf("malformed db_write params: %w", err)
+		}
+		if req.DataVersion == nil {
+			return nil, errors.New("malformed db_write params: no data_version")
+		}
+		if err := v.Write(ctx, *req.DataVersion, req.Writes); err != nil {
+			return nil, err
+		}
+		return continueResult, nil
+	})
+	p.AddMethod(clnplugin.Method{Name: "backup-compact", Usage: "",
+		Description: "Compact the backup: replace its old changes with a snapshot (runs alongside db_write)",
+		Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
+			rep, err := v.Compact(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if len(dests) == 1 {
+				return rep.Stats[dests[0].URL], nil
+			}
+			return rep.Stats, nil
+		}})
+	p.AddMethod(clnplugin.Method{Name: "backup-status", Usage: "",
+		Description: "Show the backup's versions, destinations, ack latency and size",
+		Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
+			st := v.Status(ctx)
+			if len(exts) > 0 {
+				st.Extensions = map[string]any{}
+				for _, e := range exts {
+					st.Extensions[e.Name()] = e.Status()
+				}
+			}
+			return st, nil
+		}})
+	p.OnInit(func(ctx context.Context, req *clnplugin.InitRequest) error {
+		if opt := req.String(OptDestination); opt != "" && opt != "null" && !slices.Contains(urls, opt) {
+			p.Fatal(fail(fmt.Errorf("the destination given as option %s (%s) does not match the one in %s (%s); please check your settings",
+				OptDestination, opt, filepath.Join(cfg.Dir, LockFile), strings.Join(urls, ", "))))
+			return nil
+		}
+		var t Thresholds
+		var err error
+		if t.Size, err = req.Int(OptCompactSize, DefaultCompactSize); err != nil {
+			p.Fatal(fail(err))
+			return nil
+		}
+		if t.Changes, err = req.Int(OptCompactChanges, DefaultCompactChanges); err != nil {
+			p.Fatal(fail(err))
+			return nil
+		}
+		if t.Size < 0 || t.Changes < 0 {
+			p.Fatal(fail(fmt.Errorf("options %s and %s must be >= 0 (0 disables)", OptCompactSize, OptCompactChanges)))
+			return nil
+		}
+		v.SetAutoCompact(t)
+		var rpc *clnrpc.Client
+		if req.Configuration.RPCFile != "" {
+			path := req.Configuration.RPCFile
+			if !filepath.IsAbs(path) {
+				path = filepath.Join(cfg.Dir, path)
+			}
+			rpc = clnrpc.New(path)
+		}
+		if rpc != nil {
+			checkWallet(ctx, rpc, log, p)
+		}
+		env := &InitEnv{Init: req, RPC: rpc, Log: log, Dir: cfg.Dir, Destinations: dests, Fatal: p.Fatal}
+		for _, e := range exts {
+			if err := e.OnInit(ctx, env); err != nil {
+				log.Error("extension failed to start", "extension", e.Name(), "err", err)
+			}
+		}
+		log.Info("lnvault backup plugin ready", "destinations", strings.Join(urls, ", "))
+		return nil
+	})
+	for _, e := range exts {
+		e.Setup(p)
+	}
+	err = p.Run(ctx, cfg.Stdin, cfg.Stdout)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+var continueResult = map[string]string{"result": "continue"}
+
+// checkWallet stops the node when its database is not SQLite, as the
+// reference does. An RPC failure is only logged: the backup does not need it.
+func checkWallet(ctx context.Context, rpc *clnrpc.Client, log *slog.Logger, p *clnplugin.Plugin) {
+	var raw map[string]json.RawMessage
+	if err := rpc.Call(ctx, "listconfigs", map[string]any{}, &raw); err != nil {
+		log.Warn("could not check the wallet setting with listconfigs", "err", err)
+		return
+	}
+	wallet := ""
+	if c, ok := raw["configs"]; ok { // v23.08+: {"configs": {"wallet": {"value_str": ...}}}
+		var cs map[string]struct {
+			ValueStr string `json:"value_str"`
+		}
+		if json.Unmarshal(c, &cs) == nil {
+			wallet = cs["wallet"].ValueStr
+		}
+	} else if w, ok := raw["wallet"]; ok {
+		json.Unmarshal(w, &wallet)
+	}
+	if wallet != "" && !strings.HasPrefix(wallet, "sqlite3") {
+		err := fmt.Errorf("the backup plugin only works with the sqlite3 database (wallet is %s)", wallet)
+		log.Error(err.Error())
+		p.Fatal(err)
+	}
+}
+
+// openAll opens every destination in parallel.
+func openAll(ctx context.Context, urls []string, log *slog.Logger) ([]*Destination, error) {
+	dests := make([]*Destination, len(urls))
+	errs := make([]error, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := lnvault.Open(ctx, u, lnvault.OpenOptions{Logger: log.With("destination", u)})
+			if err != nil {
+				if errors.Is(err, lnvault.ErrNotFound) {
+					err = fmt.Errorf("%w: create it with `lnvault init %s --lightning-dir <dir>`", err, u)
+				}
+				errs[i] = fmt.Errorf("opening backup destination %s: %w", u, err)
+				return
+			}
+			dests[i] = &Destination{URL: u, Backend: b}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, d := range dests {
+			if d != nil {
+				d.Backend.Close()
+			}
+		}
+		return nil, err
+	}
+	return dests, nil
+}

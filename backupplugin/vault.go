@@ -1,0 +1,394 @@
+package backupplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lnvault/lnvault"
+)
+
+// Destination is one backend the plugin writes every change to.
+type Destination struct {
+	URL     string
+	Backend lnvault.Backend
+
+	mu        sync.Mutex
+	lastErr   error
+	lastErrAt time.Time
+}
+
+func (d *Destination) setErr(err error) {
+	d.mu.Lock()
+	d.lastErr, d.lastErrAt = err, time.Now()
+	d.mu.Unlock()
+}
+
+// Thresholds of automatic compaction; 0 disables one.
+type Thresholds struct {
+	Size    int64 // backup size in bytes
+	Changes int64 // changes appended since the last compaction
+}
+
+// Vault writes each change to every destination and enforces the first-write
+// rule. Write is called by one goroutine (the db_write hook); Compact and
+// Status may run concurrently with it.
+type Vault struct {
+	dests []*Destination
+	log   *slog.Logger
+
+	wmu     sync.Mutex // serialises Write (one db_write at a time anyway)
+	started bool
+	last    uint32
+	failed  error // sticky: after a failed change no later one is accepted
+
+	lat latencies
+
+	auto        atomic.Pointer[Thresholds]
+	compacting  atomic.Bool
+	compactWG   sync.WaitGroup
+	size        atomic.Int64 // estimated bytes of the largest destination
+	sizeAfter   atomic.Int64 // size right after the last compaction
+	sinceCompat atomic.Int64 // changes since the last compaction
+	lastCompact atomic.Pointer[CompactReport]
+}
+
+// NewVault returns a vault over dests, which it does not open or close.
+func NewVault(ctx context.Context, dests []*Destination, log *slog.Logger) *Vault {
+	v := &Vault{dests: dests, log: log}
+	v.auto.Store(&Thresholds{})
+	var size int64
+	for _, d := range dests {
+		if st, err := d.Backend.Status(ctx); err == nil && st.Size > size {
+			size = st.Size
+		}
+	}
+	v.size.Store(size)
+	v.sizeAfter.Store(size)
+	return v
+}
+
+// SetAutoCompact sets the automatic compaction thresholds.
+func (v *Vault) SetAutoCompact(t Thresholds) { v.auto.Store(&t) }
+
+// Destinations returns the destinations.
+func (v *Vault) Destinations() []*Destination { return v.dests }
+
+// parallel runs fn for every destination at once (directly for one) and
+// returns the errors joined, each naming its destination.
+func (v *Vault) parallel(fn func(d *Destination) error) error {
+	if len(v.dests) == 1 {
+		d := v.dests[0]
+		if err := fn(d); err != nil {
+			d.setErr(err)
+			return fmt.Errorf("%s: %w", d.URL, err)
+		}
+		return nil
+	}
+	errs := make([]error, len(v.dests))
+	var wg sync.WaitGroup
+	for i, d := range v.dests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(d); err != nil {
+				d.setErr(err)
+				errs[i] = fmt.Errorf("%s: %w", d.URL, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Write makes the change of one db_write durable at every destination. It
+// returns nil only when every destination holds it. After an error the vault
+// refuses every later change: lightningd must stop and restart, and the next
+// first write puts every destination back in line.
+func (v *Vault) Write(ctx context.Context, version uint32, writes []string) error {
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	if v.failed != nil {
+		return fmt.Errorf("refusing db_write %d after an earlier failure (%v); restart lightningd", version, v.failed)
+	}
+	start := time.Now()
+	c := lnvault.NewTransaction(version, writes)
+	var err error
+	if !v.started {
+		err = v.first(ctx, c)
+	} else if version != v.last && version != v.last+1 {
+		err = fmt.Errorf("%w: db_write data_version %d after %d", lnvault.ErrVersion, version, v.last)
+	} else {
+		err = v.append(ctx, c)
+	}
+	if err != nil {
+		v.failed = err
+		return err
+	}
+	v.started, v.last = true, version
+	v.lat.add(time.Since(start))
+	v.afterAppend(ctx, writes)
+	return nil
+}
+
+func (v *Vault) first(ctx context.Context, c *lnvault.Change) error {
+	actions := make([]Action, len(v.dests))
+	var empty, nonEmpty []string
+	for i, d := range v.dests {
+		m := d.Backend.Metadata()
+		if m.Version == 0 && m.VersionCount == 0 {
+			empty = append(empty, d.URL)
+		} else {
+			nonEmpty = append(nonEmpty, fmt.Sprintf("%s (version %d)", d.URL, m.Version))
+		}
+		a, err := FirstWrite(m, c.Version, c.Statements)
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.URL, err)
+		}
+		actions[i] = a
+		v.log.Info("first write", "destination", d.URL, "backup_version", m.Version,
+			"prev_version", m.PrevVersion, "data_version", c.Version, "action", a.String())
+	}
+	if len(empty) > 0 && len(nonEmpty) > 0 {
+		return fmt.Errorf("destinations disagree: %v are empty while %v hold changes; initialise the empty ones from the node's database (lnvault init) before starting", empty, nonEmpty)
+	}
+	err := v.parallel(func(d *Destination) error {
+		for i := range v.dests {
+			if v.dests[i] == d && actions[i] == RewindAppend {
+				v.log.Warn("last change was not committed by lightningd, rewinding it", "destination", d.URL)
+				if err := d.Backend.Rewind(ctx); err != nil {
+					return fmt.Errorf("rewinding the uncommitted change: %w", err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return v.append(ctx, c)
+}
+
+func (v *Vault) append(ctx context.Context, c *lnvault.Change) error {
+	done := make([]atomic.Bool, len(v.dests))
+	err := v.parallel(func(d *Destination) error {
+		if err := d.Backend.Append(ctx, c); err != nil {
+			return err
+		}
+		for i := range v.dests {
+			if v.dests[i] == d {
+				done[i].Store(true)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	// lightningd will not commit this change: take it back where it was
+	// stored so the destinations keep agreeing with the node. Best effort:
+	// the first-write rule does it at the next start otherwise.
+	for i, d := range v.dests {
+		if done[i].Load() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if rerr := d.Backend.Rewind(rctx); rerr != nil {
+				v.log.Warn("could not take back the change at a destination that stored it; the next start will", "destination", d.URL, "version", c.Version, "err", rerr)
+			} else {
+				v.log.Info("took back the change at a destination that stored it", "destination", d.URL, "version", c.Version)
+			}
+			cancel()
+		}
+	}
+	return fmt.Errorf("change %d is not durable at every destination: %w", c.Version, err)
+}
+
+func (v *Vault) afterAppend(ctx context.Context, writes []string) {
+	n := int64(9) // record header of the file format
+	for _, w := range writes {
+		n += int64(len(w)) + 1
+	}
+	size := v.size.Add(n)
+	changes := v.sinceCompat.Add(1)
+	t := v.auto.Load()
+	due := (t.Changes > 0 && changes >= t.Changes) ||
+		(t.Size > 0 && size >= t.Size && size >= 2*v.sizeAfter.Load())
+	if !due || v.compacting.Load() {
+		return
+	}
+	v.compactWG.Add(1)
+	go func() {
+		defer v.compactWG.Done()
+		v.log.Info("automatic compaction", "size", size, "changes_since_last", changes)
+		if _, err := v.Compact(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, ErrCompacting) {
+			v.log.Warn("automatic compaction failed", "err", err)
+		}
+	}()
+}
+
+// ErrCompacting is returned when a compaction is asked for while one runs.
+var ErrCompacting = errors.New("a compaction is already running; try again when it ends")
+
+// CompactReport is the outcome of a compaction at every destination.
+type CompactReport struct {
+	Stats map[string]lnvault.CompactStats
+	Errs  map[string]string
+	Start time.Time
+	Took  time.Duration
+}
+
+// Compact compacts every destination in parallel, concurrently with Write.
+func (v *Vault) Compact(ctx context.Context) (*CompactReport, error) {
+	if !v.compacting.CompareAndSwap(false, true) {
+		return nil, ErrCompacting
+	}
+	defer v.compacting.Store(false)
+	rep := &CompactReport{Stats: map[string]lnvault.CompactStats{}, Errs: map[string]string{}, Start: time.Now()}
+	var mu sync.Mutex
+	err := v.parallel(func(d *Destination) error {
+		st, err := d.Backend.Compact(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			rep.Errs[d.URL] = err.Error()
+			return err
+		}
+		rep.Stats[d.URL] = st
+		return nil
+	})
+	rep.Took = time.Since(rep.Start)
+	var after int64
+	for _, st := range rep.Stats {
+		after = max(after, st.After.BackupSize)
+	}
+	if err == nil {
+		v.sinceCompat.Store(0)
+		v.size.Store(after)
+		v.sizeAfter.Store(after)
+	}
+	v.lastCompact.Store(rep)
+	if err != nil {
+		return rep, fmt.Errorf("compaction: %w", err)
+	}
+	v.log.Info("compaction done", "took", rep.Took.Round(time.Millisecond).String())
+	return rep, nil
+}
+
+// Wait waits for a running automatic compaction.
+func (v *Vault) Wait() { v.compactWG.Wait() }
+
+// DestStatus is one destination in backup-status.
+type DestStatus struct {
+	URL          string `json:"url"`
+	OK           bool   `json:"ok"`
+	Version      uint32 `json:"version"`
+	PrevVersion  uint32 `json:"prev_version"`
+	VersionCount uint64 `json:"version_count"`
+	Format       string `json:"format,omitempty"`
+	Records      int64  `json:"records"`
+	SizeBytes    int64  `json:"size_bytes"`
+	Error        string `json:"error,omitempty"`
+	LastError    string `json:"last_error,omitempty"`
+	LastErrorAt  string `json:"last_error_at,omitempty"`
+}
+
+// StatusReport is the answer of backup-status.
+type StatusReport struct {
+	Version      uint32          `json:"version"`
+	Started      bool            `json:"started"`
+	Failed       string          `json:"failed,omitempty"`
+	Destinations []DestStatus    `json:"destinations"`
+	Acks         int64           `json:"acks"`
+	LastAckMs    float64         `json:"last_ack_ms"`
+	P50AckMs     float64         `json:"p50_ack_ms"`
+	P99AckMs     float64         `json:"p99_ack_ms"`
+	MaxAckMs     float64         `json:"max_ack_ms"`
+	BackupSize   int64           `json:"backup_size"`
+	Compacting   bool            `json:"compacting"`
+	SinceCompact int64           `json:"changes_since_compaction"`
+	AutoCompact  Thresholds      `json:"auto_compact"`
+	LastCompact  *CompactSummary `json:"last_compaction,omitempty"`
+	Extensions   map[string]any  `json:"extensions,omitempty"`
+}
+
+// CompactSummary is the last compaction in backup-status.
+type CompactSummary struct {
+	At     string                          `json:"at"`
+	TookMs float64                         `json:"took_ms"`
+	Stats  map[string]lnvault.CompactStats `json:"stats,omitempty"`
+	Errors map[string]string               `json:"errors,omitempty"`
+}
+
+// Status reports the vault and every destination.
+func (v *Vault) Status(ctx context.Context) StatusReport {
+	v.wmu.Lock()
+	r := StatusReport{Version: v.last, Started: v.started}
+	if v.failed != nil {
+		r.Failed = v.failed.Error()
+	}
+	v.wmu.Unlock()
+	r.Acks, r.LastAckMs, r.P50AckMs, r.P99AckMs, r.MaxAckMs = v.lat.summary()
+	r.Compacting = v.compacting.Load()
+	r.SinceCompact = v.sinceCompat.Load()
+	r.AutoCompact = *v.auto.Load()
+	if c := v.lastCompact.Load(); c != nil {
+		r.LastCompact = &CompactSummary{At: c.Start.UTC().Format(time.RFC3339), TookMs: ms(c.Took), Stats: c.Stats, Errors: c.Errs}
+	}
+	for _, d := range v.dests {
+		m := d.Backend.Metadata()
+		ds := DestStatus{URL: d.URL, OK: true, Version: m.Version, PrevVersion: m.PrevVersion, VersionCount: m.VersionCount}
+		if st, err := d.Backend.Status(ctx); err != nil {
+			ds.OK, ds.Error = false, err.Error()
+		} else {
+			ds.Format, ds.Records, ds.SizeBytes = st.Format, st.Records, st.Size
+			r.BackupSize = max(r.BackupSize, st.Size)
+		}
+		d.mu.Lock()
+		if d.lastErr != nil {
+			ds.LastError, ds.LastErrorAt = d.lastErr.Error(), d.lastErrAt.UTC().Format(time.RFC3339)
+			if r.Failed != "" {
+				ds.OK = false
+			}
+		}
+		d.mu.Unlock()
+		r.Destinations = append(r.Destinations, ds)
+	}
+	return r
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// latencies keeps the last ack latencies for backup-status.
+type latencies struct {
+	mu   sync.Mutex
+	ring [4096]time.Duration
+	n    int64
+	last time.Duration
+	max  time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.ring[l.n%int64(len(l.ring))] = d
+	l.n++
+	l.last = d
+	l.max = max(l.max, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) summary() (n int64, last, p50, p99, mx float64) {
+	l.mu.Lock()
+	k := min(l.n, int64(len(l.ring)))
+	s := append([]time.Duration(nil), l.ring[:k]...)
+	n, last, mx = l.n, ms(l.last), ms(l.max)
+	l.mu.Unlock()
+	if k == 0 {
+		return
+	}
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return n, last, ms(s[int(float64(k-1)*0.50)]), ms(s[int(float64(k-1)*0.99)]), mx
+}

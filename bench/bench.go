@@ -1,0 +1,272 @@
+// Package bench measures the db_write ack latency of the plugin path (a
+// simulated lightningd driving the real plugin process) against a destination,
+// next to a raw fdatasync of the same sizes on the destination's filesystem,
+// measured in the same run. `lnvault bench` and the package's Go benchmarks
+// use it.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backupplugin"
+	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/harness"
+	"golang.org/x/sys/unix"
+)
+
+// Options of a run.
+type Options struct {
+	Bin  string   // the plugin executable (lnvault itself)
+	Args []string // its arguments
+	// URL is the destination. "" makes a file backup in a temp dir; a file
+	// URL or a plain path must not exist yet (a directory gets a new file in
+	// it) and is removed afterwards.
+	URL string
+	// Changes > 0 replays a synthetic workload of that many changes of about
+	// Size bytes each instead of the corpus.
+	Changes int
+	Size    int
+	// Early is how many db_writes go before init (default 1).
+	Early int
+	// Log receives progress lines (nil: none).
+	Log io.Writer
+}
+
+// Result of a run. Durations are per db_write.
+type Result struct {
+	Workload      string
+	URL           string
+	Ack           harness.Stats
+	Elapsed       time.Duration
+	ChangesPerSec float64
+	// Raw is write+fdatasync of the same sizes in the destination's
+	// directory; nil when the destination is not a local file.
+	Raw      *harness.Stats
+	RawNote  string
+	P50Ratio float64
+	P99Ratio float64
+	Bytes    int64 // payload bytes sent
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Log != nil {
+		fmt.Fprintf(o.Log, format+"\n", args...)
+	}
+}
+
+// Workload returns the requests a run sends and their name.
+func Workload(changes, size int) ([]corpus.Request, string, error) {
+	if changes <= 0 {
+		reqs, err := corpus.Load()
+		if err != nil {
+			return nil, "", err
+		}
+		return reqs, fmt.Sprintf("CLN corpus (%d db_writes)", len(reqs)), nil
+	}
+	if size <= 0 {
+		size = 1300 // the corpus's median request
+	}
+	return harness.Synthetic(1, changes, size, true, 1), fmt.Sprintf("synthetic (%d changes of ~%d bytes)", changes, size), nil
+}
+
+// RecordSize is the bytes a change takes in a file backup's record: the
+// statements joined by NUL and a 9-byte header.
+func RecordSize(writes []string) int {
+	n := 9
+	for i, w := range writes {
+		if i > 0 {
+			n++
+		}
+		n += len(w)
+	}
+	return n
+}
+
+// Run replays the workload through the plugin into the destination.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if o.Early <= 0 {
+		o.Early = 1
+	}
+	reqs, name, err := Workload(o.Changes, o.Size)
+	if err != nil {
+		return Result{}, err
+	}
+	tmp, err := os.MkdirTemp("", "lnvault-bench-")
+	if err != nil {
+		return Result{}, fmt.Errorf("bench needs a temp directory (set TMPDIR): %w", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	url, localPath, cleanup, err := prepareDestination(ctx, o.URL, tmp)
+	if err != nil {
+		return Result{}, err
+	}
+	defer cleanup()
+	res := Result{Workload: name, URL: url}
+	o.logf("destination: %s", url)
+	o.logf("workload:    %s", name)
+
+	h, err := harness.New(harness.Config{Bin: o.Bin, Args: o.Args, Dir: filepath.Join(tmp, "node"), NoNodeDB: true})
+	if err != nil {
+		return res, err
+	}
+	defer h.Close()
+	if err := backupplugin.WriteLock(h.NetDir(), backupplugin.Lock{BackendURL: url}); err != nil {
+		return res, err
+	}
+	if err := h.Start(ctx); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	if err := h.Replay(ctx, reqs, o.Early); err != nil {
+		return res, err
+	}
+	res.Elapsed = time.Since(start)
+	if _, err := h.Stop(ctx); err != nil {
+		return res, err
+	}
+	lats := h.Latencies()
+	res.Ack = harness.Summarize(lats)
+	res.ChangesPerSec = float64(len(lats)) / res.Elapsed.Seconds()
+	sizes := make([]int, len(reqs))
+	for i, r := range reqs {
+		sizes[i] = RecordSize(r.Writes)
+		res.Bytes += int64(sizes[i])
+	}
+	if localPath == "" {
+		res.RawNote = "n/a (not a local file destination)"
+		return res, nil
+	}
+	raw, err := RawFsync(ctx, filepath.Dir(localPath), sizes)
+	if err != nil {
+		return res, fmt.Errorf("raw fdatasync baseline: %w", err)
+	}
+	res.Raw = &raw
+	res.P50Ratio = ratio(res.Ack.P50, raw.P50)
+	res.P99Ratio = ratio(res.Ack.P99, raw.P99)
+	return res, nil
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+// prepareDestination creates a new backup for the run and returns its URL,
+// its local file ("" if not a file) and how to remove it.
+func prepareDestination(ctx context.Context, target, tmp string) (url, local string, cleanup func(), err error) {
+	cleanup = func() {}
+	switch {
+	case target == "":
+		local = filepath.Join(tmp, "bench.dbak")
+	case !strings.Contains(target, ":"): // a plain path
+		abs, err := filepath.Abs(target)
+		if err != nil {
+			return "", "", cleanup, err
+		}
+		if st, err := os.Stat(abs); err == nil && st.IsDir() {
+			abs = filepath.Join(abs, fmt.Sprintf("lnvault-bench-%d.dbak", os.Getpid()))
+		}
+		local = abs
+	case lnvault.Scheme(target) == "file":
+		local = strings.TrimPrefix(target, "file://")
+		if st, err := os.Stat(local); err == nil && st.IsDir() {
+			local = filepath.Join(local, fmt.Sprintf("lnvault-bench-%d.dbak", os.Getpid()))
+		}
+	default:
+		url = target
+	}
+	if local != "" {
+		url = "file://" + local
+		if _, err := os.Stat(local); err == nil {
+			return "", "", cleanup, fmt.Errorf("%s exists: bench writes a new backup, give a path that does not exist or a directory", local)
+		}
+	}
+	b, err := lnvault.Open(ctx, url, lnvault.OpenOptions{Create: true})
+	if err != nil {
+		return "", "", cleanup, fmt.Errorf("creating the bench backup at %s: %w", url, err)
+	}
+	if err := b.Close(); err != nil {
+		return "", "", cleanup, err
+	}
+	if local != "" {
+		cleanup = func() {
+			os.Remove(local)
+			// Backends may keep side files next to the backup (lock, temp).
+			matches, _ := filepath.Glob(local + ".*")
+			for _, m := range matches {
+				os.Remove(m)
+			}
+		}
+	}
+	return url, local, cleanup, nil
+}
+
+// RawFsync appends each size's bytes to a new file in dir and fdatasyncs
+// after each: the floor under any durable append on that filesystem.
+func RawFsync(ctx context.Context, dir string, sizes []int) (harness.Stats, error) {
+	f, err := os.CreateTemp(dir, ".lnvault-rawsync-*")
+	if err != nil {
+		return harness.Stats{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	maxSize := 0
+	for _, s := range sizes {
+		maxSize = max(maxSize, s)
+	}
+	buf := make([]byte, maxSize)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	lats := make([]time.Duration, 0, len(sizes))
+	for _, s := range sizes {
+		if err := ctx.Err(); err != nil {
+			return harness.Stats{}, err
+		}
+		t := time.Now()
+		if _, err := f.Write(buf[:s]); err != nil {
+			return harness.Stats{}, err
+		}
+		if err := fdatasync(f); err != nil {
+			return harness.Stats{}, err
+		}
+		lats = append(lats, time.Since(t))
+	}
+	return harness.Summarize(lats), nil
+}
+
+func fdatasync(f *os.File) error {
+	for {
+		err := unix.Fdatasync(int(f.Fd()))
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// Print writes the result as a table.
+func (r Result) Print(w io.Writer) {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+	fmt.Fprintf(w, "workload:      %s\n", r.Workload)
+	fmt.Fprintf(w, "destination:   %s\n", r.URL)
+	fmt.Fprintf(w, "changes:       %d in %v (%.0f changes/s, %.1f MiB)\n", r.Ack.N, r.Elapsed.Round(time.Millisecond), r.ChangesPerSec, float64(r.Bytes)/(1<<20))
+	fmt.Fprintf(w, "%-14s %12s %12s %12s\n", "", "p50", "p99", "max")
+	fmt.Fprintf(w, "%-14s %12s %12s %12s\n", "db_write ack", ms(r.Ack.P50), ms(r.Ack.P99), ms(r.Ack.Max))
+	if r.Raw == nil {
+		fmt.Fprintf(w, "%-14s %s\n", "raw fdatasync", r.RawNote)
+		return
+	}
+	fmt.Fprintf(w, "%-14s %12s %12s %12s\n", "raw fdatasync", ms(r.Raw.P50), ms(r.Raw.P99), ms(r.Raw.Max))
+	fmt.Fprintf(w, "%-14s %11.2fx %11.2fx\n", "ratio", r.P50Ratio, r.P99Ratio)
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/dbapply"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	c := &cobra.Command{
+		Use:   "init URL [URL...]",
+		Short: "Create a backup (and, with --lightning-dir, seed it from the node's database)",
+		Long: `Init creates an empty backup at each URL. With --lightning-dir (the
+directory holding lightningd.sqlite3, e.g. ~/.lightning/bitcoin) it also takes
+a consistent snapshot of the database at its data_version, stores it as the
+backup's first change, and writes DIR/backup.lock naming the backup(s) so the
+plugin knows where to write. lightningd must be stopped while init runs.`,
+		Example: `  lnvault init file:///var/backups/node.dbak --lightning-dir ~/.lightning/bitcoin
+  lnvault init file:///mnt/a/node.dbak socket:backup.example.com:8700 --lightning-dir ~/.lightning/bitcoin`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: runInit,
+	}
+	f := c.Flags()
+	f.String("lightning-dir", "", "the node's directory (with lightningd.sqlite3): snapshot it and write backup.lock there")
+	f.Int("format", 0, "file format for file: backups: 1 (the reference plugin's) or 2 (checksummed); default: the backend's")
+	f.Bool("force", false, "go on even if lightningd answers on DIR/lightning-rpc or DIR/backup.lock exists")
+	addCommand(c)
+}
+
+// backupLock is DIR/backup.lock, as the plugin (and the reference plugin,
+// which reads backend_url only) expects it.
+type backupLock struct {
+	BackendURL  string   `json:"backend_url"`
+	BackendURLs []string `json:"backend_urls,omitempty"`
+}
+
+func runInit(cmd *cobra.Command, urls []string) error {
+	ctx := cmd.Context()
+	f := cmd.Flags()
+	dir, _ := f.GetString("lightning-dir")
+	format, _ := f.GetInt("format")
+	force, _ := f.GetBool("force")
+	if format != 0 && format != 1 && format != 2 {
+		return fmt.Errorf("--format %d is not a file format: use 1 (reference) or 2 (checksummed)", format)
+	}
+	seen := map[string]bool{}
+	for _, u := range urls {
+		if seen[u] {
+			return fmt.Errorf("backup URL %s is given twice: name each destination once", u)
+		}
+		seen[u] = true
+	}
+
+	var lockPath, dbPath string
+	if dir != "" {
+		st, err := os.Stat(dir)
+		if err != nil || !st.IsDir() {
+			return fmt.Errorf("--lightning-dir %s is not a directory: give the directory holding lightningd.sqlite3 (e.g. ~/.lightning/bitcoin)", dir)
+		}
+		if err := checkNodeStopped(dir, force); err != nil {
+			return err
+		}
+		lockPath = filepath.Join(dir, "backup.lock")
+		if _, err := os.Stat(lockPath); err == nil && !force {
+			return fmt.Errorf("%s already exists (this node is already backed up): pass --force to replace it", lockPath)
+		}
+		dbPath = filepath.Join(dir, "lightningd.sqlite3")
+	}
+
+	// The snapshot, when the node has a database.
+	var (
+		snap    *os.File
+		version uint32
+	)
+	if dbPath != "" {
+		if _, err := os.Stat(dbPath); err == nil {
+			tmpDir, err := os.MkdirTemp("", "lnvault-init-")
+			if err != nil {
+				return fmt.Errorf("init needs a temp directory for the snapshot (set TMPDIR to a writable one): %w", err)
+			}
+			defer os.RemoveAll(tmpDir)
+			sp := filepath.Join(tmpDir, "snapshot.sqlite3")
+			if version, err = dbapply.Snapshot(ctx, dbPath, sp); err != nil {
+				return fmt.Errorf("cannot snapshot %s (%w): is it a Core Lightning database?", dbPath, err)
+			}
+			if snap, err = os.Open(sp); err != nil {
+				return err
+			}
+			defer snap.Close()
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cannot read %s: %w", dbPath, err)
+		}
+	}
+
+	// Create every backup; on any failure remove those created so far.
+	var created []string
+	ok := false
+	defer func() {
+		if !ok {
+			for _, u := range created {
+				removeCreatedBackup(u)
+			}
+		}
+	}()
+	for _, u := range urls {
+		b, err := lnvault.Open(ctx, u, lnvault.OpenOptions{Create: true, Format: format})
+		if err != nil {
+			if errors.Is(err, lnvault.ErrExists) {
+				return fmt.Errorf("%w at %s: choose another URL, or restore from it with `lnvault restore`", err, u)
+			}
+			if strings.Contains(err.Error(), u) {
+				return err
+			}
+			return fmt.Errorf("creating backup %s: %w", u, err)
+		}
+		created = append(created, u)
+		if snap != nil {
+			st, err := snap.Stat()
+			if err == nil {
+				err = b.Append(ctx, lnvault.NewSnapshot(version, io.NewSectionReader(snap, 0, st.Size())))
+			}
+			if err != nil {
+				b.Close()
+				return fmt.Errorf("storing the snapshot of %s in %s: %w", dbPath, u, err)
+			}
+		}
+		if err := b.Close(); err != nil {
+			return fmt.Errorf("closing backup %s: %w", u, err)
+		}
+	}
+	if lockPath != "" {
+		lock := backupLock{BackendURL: urls[0]}
+		if len(urls) > 1 {
+			lock.BackendURLs = urls
+		}
+		if err := writeFileAtomic(lockPath, lock); err != nil {
+			return fmt.Errorf("writing %s: %w", lockPath, err)
+		}
+	}
+	ok = true
+
+	out := cmd.OutOrStdout()
+	for _, u := range urls {
+		if snap != nil {
+			st, _ := snap.Stat()
+			fmt.Fprintf(out, "created backup %s at version %d (snapshot of %s, %s)\n", u, version, dbPath, formatBytes(st.Size()))
+		} else {
+			fmt.Fprintf(out, "created empty backup %s at version 0\n", u)
+		}
+	}
+	if lockPath != "" {
+		fmt.Fprintf(out, "wrote %s; start lightningd with --important-plugin=%s\n", lockPath, pluginPath())
+	}
+	return nil
+}
+
+// checkNodeStopped refuses to go on while lightningd answers on its RPC
+// socket: the snapshot would race with the node's writes and the node would
+// not yet back them up.
+func checkNodeStopped(dir string, force bool) error {
+	sock := filepath.Join(dir, "lightning-rpc")
+	if _, err := os.Stat(sock); err != nil {
+		return nil
+	}
+	conn, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		slog.Debug("lightning-rpc does not answer; assuming lightningd is stopped", "socket", sock, "err", err)
+		return nil
+	}
+	conn.Close()
+	if force {
+		slog.Warn("lightningd answers on its RPC socket; going on because of --force", "socket", sock)
+		return nil
+	}
+	return fmt.Errorf("lightningd is running (it answers on %s): stop lightningd first (lightning-cli stop), or pass --force", sock)
+}
+
+// writeFileAtomic writes v as JSON to path through a temp file, fsync,
+// rename and directory fsync, so path is either the old or the new content.
+func writeFileAtomic(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o600) // URLs may carry credentials
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
+}
+
+// removeCreatedBackup undoes init's creation of a backup after a later step
+// failed. Only local files can be removed here; for other schemes the empty
+// backup is left and reported.
+func removeCreatedBackup(rawURL string) {
+	if lnvault.Scheme(rawURL) == "file" {
+		if u, err := url.Parse(rawURL); err == nil {
+			p := u.Path
+			if p == "" {
+				p = u.Opaque
+			}
+			if p != "" {
+				// The file backend keeps its writer lock in a sidecar file.
+				os.Remove(p)
+				os.Remove(p + ".lock")
+				return
+			}
+		}
+	}
+	slog.Warn("init failed after creating this backup; remove it before running init again", "url", rawURL)
+}
+
+// pluginPath is this binary's path, for the hint on how to start lightningd.
+func pluginPath() string {
+	p, err := os.Executable()
+	if err != nil {
+		return "/path/to/lnvault"
+	}
+	return p
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/server"
+	"github.com/lnvault/lnvault/wire"
+	"github.com/spf13/cobra"
+)
+
+// serverBackendHooks wrap the server's local backend before it is served, in
+// order (for example to replicate every change to object storage). Other
+// files add to it from their init.
+var serverBackendHooks []func(cmd *cobra.Command, b lnvault.Backend) (lnvault.Backend, error)
+
+var serverCmd = &cobra.Command{
+	Use:   "server BACKEND_URL ADDR",
+	Short: "Serve a backup to remote nodes over the socket: protocol",
+	Long: `Serve the backup at BACKEND_URL (e.g. file:///var/backups/node.dbak) to remote
+nodes using the socket: backend (socket:HOST:PORT), or the reference Python
+backup plugin.
+
+ADDR is IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT. The protocol has no
+authentication or encryption: the server binds to loopback unless
+--allow-unauthenticated is given; reach it through an SSH tunnel, a VPN or a
+Tor onion service.
+
+One connection at a time may write the backup; others may restore or read its
+metadata. SIGTERM or SIGINT stops the server after in-flight changes are
+acknowledged and stored.`,
+	Example: `  lnvault server file:///var/backups/node.dbak 127.0.0.1:8700
+  lnvault server --create --metrics-addr 127.0.0.1:9700 file:///srv/node.dbak [::1]:8700`,
+	Args: cobra.ExactArgs(2),
+	RunE: runServer,
+}
+
+func init() {
+	f := serverCmd.Flags()
+	f.String("metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9700)")
+	f.Bool("allow-unauthenticated", false, "allow listening beyond loopback (the protocol has no authentication)")
+	f.Uint32("max-packet", wire.DefaultMaxPacket, "largest packet payload accepted, in bytes")
+	f.Int64("max-change", wire.DefaultMaxChange, "largest decompressed transaction accepted, in bytes")
+	f.Int64("max-snapshot", wire.DefaultMaxSnapshot, "largest decompressed snapshot accepted, in bytes")
+	f.String("tmpdir", "", "directory for incoming snapshots (default: the system's temp directory)")
+	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
+	addCommand(serverCmd)
+}
+
+func runServer(cmd *cobra.Command, args []string) error {
+	ctx := cmd.Context()
+	backendURL, addr := args[0], args[1]
+	f := cmd.Flags()
+	metricsAddr, _ := f.GetString("metrics-addr")
+	allow, _ := f.GetBool("allow-unauthenticated")
+	maxPacket, _ := f.GetUint32("max-packet")
+	maxChange, _ := f.GetInt64("max-change")
+	maxSnap, _ := f.GetInt64("max-snapshot")
+	tmpdir, _ := f.GetString("tmpdir")
+	create, _ := f.GetBool("create")
+	if maxPacket < 64 {
+		return fmt.Errorf("--max-packet %d is too small to carry any change", maxPacket)
+	}
+	log := slog.Default().With("component", "server")
+	// The server's own lifecycle (listening, writers, refusals) is worth
+	// seeing without -v.
+	if logLevel.Level() > slog.LevelInfo {
+		logLevel.Set(slog.LevelInfo)
+	}
+
+	// Check the address before touching the backup.
+	lo, err := server.IsLoopback(addr)
+	if err != nil {
+		return err
+	}
+	if !lo && !allow {
+		return fmt.Errorf("refusing to listen on %s: the backup protocol has no authentication; bind to 127.0.0.1 or [::1] and use an SSH tunnel, a VPN or a Tor onion service, or pass --allow-unauthenticated", addr)
+	}
+
+	opts := lnvault.OpenOptions{Logger: log}
+	b, err := lnvault.Open(ctx, backendURL, opts)
+	if errors.Is(err, lnvault.ErrNotFound) && create {
+		opts.Create = true
+		b, err = lnvault.Open(ctx, backendURL, opts)
+	}
+	if err != nil {
+		if errors.Is(err, lnvault.ErrNotFound) {
+			return fmt.Errorf("%w (create it with lnvault init, or pass --create)", err)
+		}
+		return err
+	}
+	for _, hook := range serverBackendHooks {
+		nb, err := hook(cmd, b)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		b = nb
+	}
+	m := b.Metadata()
+	log.Info("serving backup", "url", backendURL, "version", m.Version, "version_count", m.VersionCount)
+
+	srv := server.New(server.Config{
+		Limits:               wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
+		AllowUnauthenticated: allow,
+		Logger:               log,
+	}, b)
+
+	if metricsAddr != "" {
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			b.Close()
+			return fmt.Errorf("--metrics-addr %s: %w", metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+
+	serveErr := srv.ListenAndServe(ctx, addr)
+	// Serve returns after in-flight appends are acknowledged; only then is
+	// the backend closed.
+	closeErr := b.Close()
+	if serveErr != nil {
+		return errors.Join(serveErr, closeErr)
+	}
+	if closeErr != nil {
+		return fmt.Errorf("closing the backup: %w", closeErr)
+	}
+	log.Info("server stopped", "version", b.Metadata().Version)
+	return nil
+}

@@ -1,0 +1,888 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/dbapply"
+)
+
+// DefaultParallelism is how many segments a restore downloads at once.
+const DefaultParallelism = 8
+
+// Backend is a backup on object storage, used synchronously: every Append is
+// one PUT of a one-change segment that has completed when Append returns.
+// Request cost: 1 PUT per change; 1 DELETE (+1 GET) per rewind; opening for
+// writing costs 1 LIST, 1 GET of the head object and 2 lease requests, then
+// one lease PUT every LeaseTTL/3; Compact downloads the log since the last
+// snapshot, PUTs one snapshot and DELETEs what retention drops; a restore is
+// 1 LIST, 1 GET of the snapshot and 1 GET per segment after it.
+type Backend struct {
+	client     ReplicaClient
+	opts       Options
+	log        *slog.Logger
+	readOnly   bool
+	par        int
+	closeStore func() error
+	lease      *leaseHolder
+
+	mu       sync.Mutex
+	gen      string // current generation; "" until the first write
+	md       lnvault.Metadata
+	head     *lnvault.Change // the last change when it is a transaction, for resync
+	headSeg  *SegmentInfo    // the newest segment, if it holds the head
+	rewound  bool
+	lastTime time.Time
+	closed   bool
+}
+
+var (
+	_ lnvault.Backend        = (*Backend)(nil)
+	_ lnvault.VersionAtTimer = (*Backend)(nil)
+)
+
+// OpenBackend opens (or with o.Create, creates) the backup stored by client.
+func OpenBackend(ctx context.Context, client ReplicaClient, o lnvault.OpenOptions, opts Options) (*Backend, error) {
+	if opts.RetainSnapshots < 1 {
+		opts.RetainSnapshots = 1
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = DefaultOptions.LeaseTTL
+	}
+	b := &Backend{client: client, opts: opts, log: o.Log(), readOnly: o.ReadOnly, par: o.Parallelism}
+	if b.par <= 0 {
+		b.par = DefaultParallelism
+	}
+	inv, err := client.Inventory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g := inv.Latest()
+	switch {
+	case g == nil && !o.Create:
+		return nil, fmt.Errorf("%w at %s: create it first (lnvault init, or the server's --replicate creates it)", lnvault.ErrNotFound, client)
+	case g != nil && o.Create:
+		return nil, fmt.Errorf("%w at %s (generation %s): use another prefix, or open it without creating", lnvault.ErrExists, client, g.ID)
+	}
+	if len(inv.Unknown) > 0 {
+		b.log.Warn("replica holds objects lnvault did not write; they are ignored", "replica", client.String(), "count", len(inv.Unknown), "first", inv.Unknown[0])
+	}
+	if !o.ReadOnly {
+		if b.lease, err = acquireLease(ctx, client, opts.LeaseTTL, b.log); err != nil {
+			return nil, err
+		}
+		// Look again now that no one else can write.
+		if inv, err = client.Inventory(ctx); err != nil {
+			b.lease.release(ctx)
+			return nil, err
+		}
+		g = inv.Latest()
+	}
+	if g != nil {
+		if err := b.loadHead(ctx, g); err != nil {
+			if b.lease != nil {
+				b.lease.release(ctx)
+			}
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// loadHead sets the metadata from the newest object of generation g.
+func (b *Backend) loadHead(ctx context.Context, g *Generation) error {
+	b.gen = g.ID
+	b.head, b.headSeg = nil, nil
+	var lastSeg *SegmentInfo
+	if n := len(g.Segments); n > 0 {
+		lastSeg = &g.Segments[n-1]
+		for i := range g.Segments { // the highest last index wins
+			if g.Segments[i].LastIndex > lastSeg.LastIndex {
+				lastSeg = &g.Segments[i]
+			}
+		}
+	}
+	var lastSnap *SnapshotInfo
+	if n := len(g.Snapshots); n > 0 {
+		lastSnap = &g.Snapshots[n-1]
+	}
+	switch {
+	case lastSeg != nil && (lastSnap == nil || lastSeg.LastIndex > lastSnap.Index):
+		seg, err := b.client.ReadSegment(ctx, *lastSeg)
+		if err != nil {
+			return err
+		}
+		b.md = lnvault.Metadata{Version: seg.LastVersion, PrevVersion: seg.PrevVersion, VersionCount: seg.LastIndex + 1}
+		if c := seg.Changes[len(seg.Changes)-1]; c.Kind == lnvault.KindTransaction {
+			b.head = c
+		}
+		s := *lastSeg
+		b.headSeg = &s
+		b.lastTime = lastSeg.Created
+	case lastSnap != nil:
+		h, _, err := b.client.ReadSnapshot(ctx, *lastSnap)
+		if err != nil {
+			return err
+		}
+		b.md = lnvault.Metadata{Version: h.LastVersion, PrevVersion: h.PrevVersion, VersionCount: h.LastIndex + 1}
+		b.lastTime = lastSnap.Created
+	default:
+		b.md = lnvault.Metadata{}
+	}
+	return nil
+}
+
+// Metadata returns the head as of the last write (or the opening listing).
+func (b *Backend) Metadata() lnvault.Metadata {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.md
+}
+
+// Generation is the generation being written.
+func (b *Backend) Generation() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.gen
+}
+
+// Client is the backend's storage.
+func (b *Backend) Client() ReplicaClient { return b.client }
+
+func (b *Backend) writable(ctx context.Context) error {
+	if b.closed {
+		return errors.New("replica backend is closed")
+	}
+	if b.readOnly {
+		return fmt.Errorf("%s is open read-only", b.client)
+	}
+	return b.lease.check(ctx)
+}
+
+func (b *Backend) ensureGeneration(ctx context.Context) error {
+	if b.gen != "" {
+		return nil
+	}
+	gens, err := b.client.Generations(ctx)
+	if err != nil {
+		return err
+	}
+	b.gen = NewGenerationID(gens, time.Now())
+	return nil
+}
+
+// Append stores c as a one-change segment; it returns when the PUT completed.
+func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.appendLocked(ctx, []*lnvault.Change{c})
+}
+
+// AppendBatch stores changes as one segment (the replicator's batches).
+func (b *Backend) AppendBatch(ctx context.Context, cs []*lnvault.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.appendLocked(ctx, cs)
+}
+
+func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error {
+	if err := b.writable(ctx); err != nil {
+		return err
+	}
+	md := b.md
+	for _, c := range cs {
+		if err := lnvault.CheckNext(md, c.Version); err != nil {
+			return err
+		}
+		md = lnvault.Metadata{Version: c.Version, PrevVersion: md.Version, VersionCount: md.VersionCount + 1}
+	}
+	if err := b.ensureGeneration(ctx); err != nil {
+		return err
+	}
+	data, h, err := EncodeSegment(b.md.VersionCount, b.md.Version, cs, time.Now())
+	if err != nil {
+		return err
+	}
+	info, err := b.client.WriteSegment(ctx, b.gen, data, h)
+	if err != nil {
+		return err
+	}
+	b.md = md
+	b.headSeg = &info
+	b.head = nil
+	if last := cs[len(cs)-1]; last.Kind == lnvault.KindTransaction {
+		b.head = last
+	}
+	b.rewound = false
+	b.lastTime = info.Created
+	return nil
+}
+
+// Rewind removes the last change: it deletes the newest segment when it holds
+// just that change (what Append writes), else it starts a new generation
+// whose snapshot is the state before the change, so that no restore can ever
+// replay the rewound change.
+func (b *Backend) Rewind(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.writable(ctx); err != nil {
+		return err
+	}
+	if b.rewound {
+		return lnvault.ErrRewindTwice
+	}
+	if b.md.VersionCount == 0 {
+		return fmt.Errorf("%s holds no change to rewind", b.client)
+	}
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return err
+	}
+	g := generationByID(inv, b.gen)
+	if g == nil {
+		return fmt.Errorf("generation %s of %s vanished: %w", b.gen, b.client, lnvault.ErrCorrupt)
+	}
+	headIdx := b.md.VersionCount - 1
+	var headSeg *SegmentInfo
+	for i := range g.Segments {
+		if g.Segments[i].LastIndex == headIdx {
+			headSeg = &g.Segments[i]
+		}
+	}
+	switch {
+	case headSeg != nil && headSeg.FirstIndex == headIdx:
+		if err := b.client.DeleteSegments(ctx, []SegmentInfo{*headSeg}); err != nil {
+			return err
+		}
+		// The new head's prev_version is in the object before it.
+		for i := range g.Segments {
+			if g.Segments[i].Key == headSeg.Key {
+				g.Segments = slices.Delete(g.Segments, i, i+1)
+				break
+			}
+		}
+		var kept []SnapshotInfo
+		for _, s := range g.Snapshots {
+			if s.Index < headIdx {
+				kept = append(kept, s)
+			}
+		}
+		g.Snapshots = kept
+		if len(g.Segments) == 0 && len(g.Snapshots) == 0 {
+			b.md, b.head, b.headSeg = lnvault.Metadata{}, nil, nil
+		} else if err := b.loadHead(ctx, g); err != nil {
+			return err
+		}
+	case headSeg != nil && headIdx > 0:
+		if err := b.restartGeneration(ctx, g, headIdx-1); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("cannot rewind %s: its head is a snapshot (the change before it is gone): %w", b.client, lnvault.ErrRewindTwice)
+	}
+	b.rewound = true
+	return nil
+}
+
+// restartGeneration starts a new generation whose base is the state after
+// the change of index idx of generation g.
+func (b *Backend) restartGeneration(ctx context.Context, g *Generation, idx uint64) error {
+	var prev, last uint32
+	var n uint64
+	path, cleanup, err := materialize(ctx, func(fn func(*lnvault.Change) error) error {
+		return b.streamPlan(ctx, g, planNewest(idx), idx, func(c *lnvault.Change) error {
+			prev, last = last, c.Version
+			n++
+			return fn(c)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	if n < 2 {
+		prev = 0
+	}
+	return b.newGenerationFromFile(ctx, path, idx, last, prev)
+}
+
+// newGenerationFromFile writes the database at path as the snapshot that
+// opens a new generation, at index idx and version v.
+func (b *Backend) newGenerationFromFile(ctx context.Context, path string, idx uint64, v, prev uint32) error {
+	db, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	gens, err := b.client.Generations(ctx)
+	if err != nil {
+		return err
+	}
+	gen := NewGenerationID(append(gens, b.gen), time.Now())
+	data, h := EncodeSnapshot(idx, v, prev, db, time.Now())
+	info, err := b.client.WriteSnapshot(ctx, gen, data, h)
+	if err != nil {
+		return err
+	}
+	b.log.Info("replica: new generation", "replica", b.client.String(), "generation", gen, "version", v)
+	b.gen = gen
+	b.md = lnvault.Metadata{Version: v, PrevVersion: prev, VersionCount: idx + 1}
+	b.head, b.headSeg = nil, nil
+	b.lastTime = info.Created
+	return nil
+}
+
+func generationByID(inv *Inventory, id string) *Generation {
+	for _, g := range inv.Generations {
+		if g.ID == id {
+			return g
+		}
+	}
+	return nil
+}
+
+// materialize applies a stream of changes to a new database file in a temp
+// directory, checks it, and returns its path.
+func materialize(ctx context.Context, stream func(fn func(*lnvault.Change) error) error) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "lnvault-replica-*")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	path := filepath.Join(dir, "snapshot.sqlite3")
+	a, err := dbapply.Create(ctx, path)
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	if err := stream(func(c *lnvault.Change) error { return a.Apply(ctx, c) }); err != nil {
+		a.Close(ctx)
+		cleanup()
+		return "", nil, err
+	}
+	if err := a.Finish(ctx); err != nil {
+		cleanup()
+		return "", nil, fmt.Errorf("building a snapshot: %w", err)
+	}
+	return path, cleanup, nil
+}
+
+// A plan is where a stream starts: a snapshot, or the generation's first
+// segment (index 0) when the generation began from an empty database.
+type planFunc func(g *Generation) *SnapshotInfo
+
+// planNewest picks the newest snapshot at or before index idx.
+func planNewest(idx uint64) planFunc {
+	return func(g *Generation) *SnapshotInfo {
+		var best *SnapshotInfo
+		for i := range g.Snapshots {
+			if s := &g.Snapshots[i]; s.Index <= idx && (best == nil || s.Index > best.Index) {
+				best = s
+			}
+		}
+		return best
+	}
+}
+
+// planVersion picks the newest snapshot whose version is at most v (or below
+// v when strict).
+func planVersion(v uint32, strict bool) planFunc {
+	return func(g *Generation) *SnapshotInfo {
+		var best *SnapshotInfo
+		for i := range g.Snapshots {
+			s := &g.Snapshots[i]
+			ok := s.Version <= v
+			if strict {
+				ok = s.Version < v
+			}
+			if ok && (best == nil || s.Index > best.Index) {
+				best = s
+			}
+		}
+		return best
+	}
+}
+
+// chain returns the segments that follow base (or index 0) without gap up
+// to index `to`, or an error naming the first object where continuity breaks.
+func (b *Backend) chain(g *Generation, base *SnapshotInfo, to uint64) ([]SegmentInfo, error) {
+	next := uint64(0)
+	if base != nil {
+		next = base.Index + 1
+	}
+	var out []SegmentInfo
+	var prevKey string
+	if base != nil {
+		prevKey = base.Key
+	}
+	c := b
+	for i, s := range g.Segments {
+		if next > to {
+			break
+		}
+		if s.LastIndex < next {
+			continue // covered by the base
+		}
+		if i+1 < len(g.Segments) && g.Segments[i+1].FirstIndex == s.FirstIndex && s.FirstIndex >= next {
+			return nil, c.corrupt(g.Segments[i+1].Key, s.FirstVersion, fmt.Sprintf("it starts at index %d like %s: two histories in one generation", s.FirstIndex, s.Key))
+		}
+		if s.FirstIndex < next {
+			if base != nil && prevKey == base.Key {
+				// Straddles the base snapshot: its changes after the
+				// base are needed, the ones before are skipped.
+				out = append(out, s)
+				next = s.LastIndex + 1
+				prevKey = s.Key
+				continue
+			}
+			return nil, c.corrupt(s.Key, s.FirstVersion, fmt.Sprintf("it overlaps %s (starts at index %d, expected %d)", prevKey, s.FirstIndex, next))
+		}
+		if s.FirstIndex > next {
+			what := "the generation's start"
+			if prevKey != "" {
+				what = prevKey
+			}
+			return nil, c.corrupt(s.Key, s.FirstVersion, fmt.Sprintf("it starts at index %d but %s ends at index %d: segment(s) for indexes %d-%d are missing",
+				s.FirstIndex, what, next-1+boolU64(prevKey == ""), next, s.FirstIndex-1))
+		}
+		out = append(out, s)
+		next = s.LastIndex + 1
+		prevKey = s.Key
+	}
+	return out, nil
+}
+
+func (b *Backend) corrupt(key string, v uint32, reason string) error {
+	return &lnvault.CorruptError{Offset: -1, Version: v, Object: b.client.String() + "/" + key, Reason: reason}
+}
+
+func boolU64(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// genHead is the highest index stored in g, and false if g is empty.
+func genHead(g *Generation) (uint64, bool) {
+	var hi uint64
+	ok := false
+	for _, s := range g.Segments {
+		if !ok || s.LastIndex > hi {
+			hi, ok = s.LastIndex, true
+		}
+	}
+	for _, s := range g.Snapshots {
+		if !ok || s.Index > hi {
+			hi, ok = s.Index, true
+		}
+	}
+	return hi, ok
+}
+
+// streamPlan delivers the base picked by plan and the segments after it, up
+// to index `to`, downloading segments in parallel and delivering in order.
+func (b *Backend) streamPlan(ctx context.Context, g *Generation, plan planFunc, to uint64, fn func(*lnvault.Change) error) error {
+	base := plan(g)
+	if base == nil && (len(g.Segments) == 0 || g.Segments[0].FirstIndex != 0) {
+		first := "nothing"
+		if len(g.Segments) > 0 {
+			first = g.Segments[0].Key
+		}
+		return &lnvault.CorruptError{Offset: -1, Object: b.client.String() + "/" + g.ID,
+			Reason: fmt.Sprintf("no snapshot covers the requested point and the generation's oldest segment (%s) does not start it: the history was compacted away by retention; restore a later version", first)}
+	}
+	segs, err := b.chain(g, base, to)
+	if err != nil {
+		return err
+	}
+	end := uint64(0)
+	if base != nil {
+		end = base.Index
+	}
+	if n := len(segs); n > 0 {
+		end = segs[n-1].LastIndex
+	}
+	if end < to {
+		return &lnvault.CorruptError{Offset: -1, Object: b.client.String() + "/" + g.ID,
+			Reason: fmt.Sprintf("the generation's objects end at index %d but its head is index %d: segments are missing", end, to)}
+	}
+	var last uint32
+	delivered := false
+	if base != nil {
+		_, db, err := b.client.ReadSnapshot(ctx, *base)
+		if err != nil {
+			return err
+		}
+		c := lnvault.NewSnapshot(base.Version, io.NewSectionReader(bytes.NewReader(db), 0, int64(len(db))))
+		if err := fn(c); err != nil {
+			return err
+		}
+		last, delivered = base.Version, true
+	}
+	return b.fetchOrdered(ctx, segs, func(si SegmentInfo, seg *Segment) error {
+		for i, c := range seg.Changes {
+			idx := seg.FirstIndex + uint64(i)
+			if base != nil && idx <= base.Index {
+				continue
+			}
+			if idx > to {
+				return lnvault.ErrStop
+			}
+			if delivered {
+				if err := followsVersion(last, c.Version); err != nil {
+					return &lnvault.CorruptError{Offset: -1, Version: c.Version, Object: b.client.String() + "/" + si.Key, Reason: err.Error()}
+				}
+			}
+			if err := fn(c); err != nil {
+				return err
+			}
+			last, delivered = c.Version, true
+		}
+		return nil
+	})
+}
+
+// fetchOrdered downloads segs with b.par workers, keeping at most 4*par
+// downloaded ahead of the consumer, and calls fn in order. fn returning
+// ErrStop ends it without error.
+func (b *Backend) fetchOrdered(ctx context.Context, segs []SegmentInfo, fn func(SegmentInfo, *Segment) error) error {
+	if len(segs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type slot struct {
+		seg  *Segment
+		err  error
+		done chan struct{}
+	}
+	slots := make([]slot, len(segs))
+	for i := range slots {
+		slots[i].done = make(chan struct{})
+	}
+	window := make(chan struct{}, 4*b.par)
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(b.par, len(segs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				slots[i].seg, slots[i].err = b.client.ReadSegment(ctx, segs[i])
+				close(slots[i].done)
+			}
+		}()
+	}
+	go func() {
+		defer close(work)
+		for i := range segs {
+			select {
+			case window <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case work <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var err error
+	for i := range segs {
+		select {
+		case <-slots[i].done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			break
+		}
+		if err = slots[i].err; err != nil {
+			break
+		}
+		err = fn(segs[i], slots[i].seg)
+		slots[i].seg = nil
+		<-window
+		if err != nil {
+			break
+		}
+	}
+	cancel()
+	wg.Wait()
+	if errors.Is(err, lnvault.ErrStop) {
+		return nil
+	}
+	return err
+}
+
+// Stream delivers the newest snapshot of the latest generation and every
+// change after it (from > 0: the changes whose version is >= from, starting
+// from the newest snapshot below from).
+func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	g, head, err := b.latest(ctx)
+	if err != nil || g == nil {
+		return err
+	}
+	plan := planNewest(head)
+	if from > 0 {
+		plan = planVersion(from, true)
+	}
+	err = b.streamPlan(ctx, g, plan, head, func(c *lnvault.Change) error {
+		if c.Version < from {
+			return nil
+		}
+		return fn(c)
+	})
+	if errors.Is(err, lnvault.ErrStop) {
+		return nil
+	}
+	return err
+}
+
+// StreamTo is Stream for a restore to version target: it starts from the
+// newest snapshot at or before target (not the newest one), so that any
+// version still covered by retention can be restored. Delivery goes on past
+// target; the caller stops when it sees a later version.
+func (b *Backend) StreamTo(ctx context.Context, target uint32, fn func(*lnvault.Change) error) error {
+	g, head, err := b.latest(ctx)
+	if err != nil || g == nil {
+		return err
+	}
+	err = b.streamPlan(ctx, g, planVersion(target, false), head, fn)
+	if errors.Is(err, lnvault.ErrStop) {
+		return nil
+	}
+	return err
+}
+
+func (b *Backend) latest(ctx context.Context) (*Generation, uint64, error) {
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	g := inv.Latest()
+	if g == nil {
+		return nil, 0, nil
+	}
+	head, _ := genHead(g)
+	return g, head, nil
+}
+
+// VersionAt returns the last version stored at or before t in the latest
+// generation, from the creation times in the object names.
+func (b *Backend) VersionAt(ctx context.Context, t time.Time) (uint32, error) {
+	g, _, err := b.latest(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if g == nil {
+		return 0, fmt.Errorf("%s holds no backup", b.client)
+	}
+	var best uint64
+	var v uint32
+	found := false
+	for _, s := range g.Segments {
+		if !s.Created.After(t) && (!found || s.LastIndex > best) {
+			best, v, found = s.LastIndex, s.LastVersion, true
+		}
+	}
+	for _, s := range g.Snapshots {
+		if !s.Created.After(t) && (!found || s.Index > best) {
+			best, v, found = s.Index, s.Version, true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("no change of %s was stored at or before %s: its current history (generation %s) starts at %s",
+			b.client, t.UTC().Format(time.RFC3339Nano), g.ID, g.Created().UTC().Format(time.RFC3339Nano))
+	}
+	return v, nil
+}
+
+// Compact writes a snapshot of the state before the head change (so the head
+// can still be rewound), then applies retention.
+func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var st lnvault.CompactStats
+	if err := b.writable(ctx); err != nil {
+		return st, err
+	}
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.Before = sizeStats(inv)
+	g := generationByID(inv, b.gen)
+	if g != nil && b.md.VersionCount >= 2 {
+		idx := b.md.VersionCount - 2
+		newest := planNewest(idx)(g)
+		if newest == nil || newest.Index < idx {
+			if err := b.snapshotAt(ctx, g, idx); err != nil {
+				return st, err
+			}
+		}
+	}
+	if err := b.applyRetention(ctx, time.Now()); err != nil {
+		return st, err
+	}
+	if inv, err = b.client.Inventory(ctx); err != nil {
+		return st, err
+	}
+	st.After = sizeStats(inv)
+	return st, nil
+}
+
+// snapshotAt writes a snapshot of generation g at index idx.
+func (b *Backend) snapshotAt(ctx context.Context, g *Generation, idx uint64) error {
+	var prev, last uint32
+	var n int
+	path, cleanup, err := materialize(ctx, func(fn func(*lnvault.Change) error) error {
+		return b.streamPlan(ctx, g, planNewest(idx), idx, func(c *lnvault.Change) error {
+			if c.Kind == lnvault.KindSnapshot {
+				n = 0
+			}
+			prev, last = last, c.Version
+			n++
+			return fn(c)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	if n < 2 {
+		// The base snapshot's own prev_version is in its header.
+		if s := planNewest(idx)(g); s != nil {
+			if h, _, err := b.client.ReadSnapshot(ctx, *s); err == nil && s.Index == idx {
+				prev = h.PrevVersion
+			}
+		}
+	}
+	db, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	data, h := EncodeSnapshot(idx, last, prev, db, time.Now())
+	_, err = b.client.WriteSnapshot(ctx, g.ID, data, h)
+	return err
+}
+
+// sizeStats counts the latest generation: the changes a restore replays
+// (its newest snapshot and the changes after it) and the bytes stored in all
+// generations.
+func sizeStats(inv *Inventory) lnvault.SizeStats {
+	var st lnvault.SizeStats
+	for _, g := range inv.Generations {
+		st.BackupSize += g.Size()
+	}
+	if g := inv.Latest(); g != nil {
+		head, _ := genHead(g)
+		if s := planNewest(head)(g); s != nil {
+			st.VersionCount = head - s.Index + 1
+		} else {
+			st.VersionCount = head + 1
+		}
+	}
+	return st
+}
+
+// applyRetention deletes what is no longer needed: snapshots beyond the
+// newest RetainSnapshots that are older than Retention, the segments the
+// oldest kept snapshot covers (older than Retention), and older generations
+// once the current one has its own base and they are older than Retention.
+// Nothing is deleted that a kept snapshot does not cover.
+func (b *Backend) applyRetention(ctx context.Context, now time.Time) error {
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return err
+	}
+	cut := now.Add(-b.opts.Retention)
+	old := func(t time.Time) bool { return b.opts.Retention == 0 || t.Before(cut) }
+	g := generationByID(inv, b.gen)
+	if g == nil || inv.Latest() != g {
+		return nil
+	}
+	// Older generations: the current one restores on its own.
+	for _, og := range inv.Generations {
+		if og != g && old(og.Updated()) {
+			if err := b.client.DeleteGeneration(ctx, og.ID); err != nil {
+				return err
+			}
+			b.log.Info("replica retention: deleted generation", "replica", b.client.String(), "generation", og.ID)
+		}
+	}
+	if len(g.Snapshots) == 0 {
+		return nil
+	}
+	keepFrom := len(g.Snapshots) - b.opts.RetainSnapshots
+	if keepFrom < 0 {
+		keepFrom = 0
+	}
+	for keepFrom > 0 && !old(g.Snapshots[keepFrom-1].Created) {
+		keepFrom--
+	}
+	oldest := g.Snapshots[keepFrom]
+	var segs []SegmentInfo
+	for _, s := range g.Segments {
+		if s.LastIndex <= oldest.Index && old(s.Created) {
+			segs = append(segs, s)
+		}
+	}
+	// Segments first: a crash in between leaves an extra snapshot, never a
+	// snapshot-less hole.
+	if err := b.client.DeleteSegments(ctx, segs); err != nil {
+		return err
+	}
+	if err := b.client.DeleteSnapshots(ctx, g.Snapshots[:keepFrom]); err != nil {
+		return err
+	}
+	if len(segs) > 0 || keepFrom > 0 {
+		b.log.Info("replica retention", "replica", b.client.String(), "deleted_segments", len(segs), "deleted_snapshots", keepFrom, "oldest_snapshot_version", oldest.Version)
+	}
+	return nil
+}
+
+// Status describes the replica.
+func (b *Backend) Status(ctx context.Context) (lnvault.Status, error) {
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return lnvault.Status{}, err
+	}
+	ss := sizeStats(inv)
+	st := lnvault.Status{URL: b.client.String(), Format: "replica", Metadata: b.Metadata(), Records: int64(ss.VersionCount), Size: ss.BackupSize}
+	if g := inv.Latest(); g != nil {
+		st.LastChange = g.Updated()
+	}
+	return st, nil
+}
+
+// Close releases the lease.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	var errs []error
+	if b.lease != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errs = append(errs, b.lease.release(ctx))
+		cancel()
+	}
+	if b.closeStore != nil {
+		errs = append(errs, b.closeStore())
+	}
+	return errors.Join(errs...)
+}

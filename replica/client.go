@@ -1,0 +1,513 @@
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lnvault/lnvault"
+)
+
+// ObjectStore is the little an object storage must do for lnvault: whole-object
+// PUT/GET/DELETE under a prefix, a recursive listing and one conditional PUT
+// (for the lease). Keys are relative to the store's prefix and use '/'.
+// replica/s3 and replica/dir implement it.
+type ObjectStore interface {
+	// String names the store for messages (a URL without credentials).
+	String() string
+	// Put stores data at key, durably, replacing any object there.
+	Put(ctx context.Context, key string, data []byte) error
+	// PutIf stores data only if the object's current ETag is match, or, with
+	// match "", only if there is no object at key. A failed condition is
+	// ErrPrecondition. It returns the new object's ETag.
+	PutIf(ctx context.Context, key string, data []byte, match string) (etag string, err error)
+	// Get returns an object and its ETag; a missing object is an error that
+	// wraps fs.ErrNotExist.
+	Get(ctx context.Context, key string) (data []byte, etag string, err error)
+	// List returns every object whose key starts with prefix, sorted by key.
+	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	// Delete removes objects; a key that does not exist is not an error.
+	Delete(ctx context.Context, keys ...string) error
+	Close() error
+}
+
+// ObjectInfo is one entry of a listing.
+type ObjectInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// ErrPrecondition: a conditional PUT found another object than expected.
+var ErrPrecondition = errors.New("precondition failed: the object changed")
+
+// SnapshotInfo describes a snapshot object: the database after the change of
+// index Index (version Version) of its generation.
+type SnapshotInfo struct {
+	Generation string    `json:"generation"`
+	Index      uint64    `json:"index"`
+	Version    uint32    `json:"version"`
+	Size       int64     `json:"size"`
+	Created    time.Time `json:"created"`
+	Key        string    `json:"key"`
+}
+
+// SegmentInfo describes a segment object: the changes of indexes
+// FirstIndex..LastIndex, versions FirstVersion..LastVersion.
+type SegmentInfo struct {
+	Generation   string    `json:"generation"`
+	FirstIndex   uint64    `json:"first_index"`
+	LastIndex    uint64    `json:"last_index"`
+	FirstVersion uint32    `json:"first_version"`
+	LastVersion  uint32    `json:"last_version"`
+	Size         int64     `json:"size"`
+	Created      time.Time `json:"created"`
+	Key          string    `json:"key"`
+}
+
+// Generation is everything stored in one generation, sorted by index.
+type Generation struct {
+	ID        string
+	Snapshots []SnapshotInfo
+	Segments  []SegmentInfo
+}
+
+// Created is the time of the generation's first object.
+func (g *Generation) Created() time.Time {
+	var t time.Time
+	for _, s := range g.Snapshots {
+		if t.IsZero() || s.Created.Before(t) {
+			t = s.Created
+		}
+	}
+	for _, s := range g.Segments {
+		if t.IsZero() || s.Created.Before(t) {
+			t = s.Created
+		}
+	}
+	return t
+}
+
+// Updated is the time of the generation's last object.
+func (g *Generation) Updated() time.Time {
+	var t time.Time
+	for _, s := range g.Snapshots {
+		if s.Created.After(t) {
+			t = s.Created
+		}
+	}
+	for _, s := range g.Segments {
+		if s.Created.After(t) {
+			t = s.Created
+		}
+	}
+	return t
+}
+
+// Size is the bytes stored by the generation.
+func (g *Generation) Size() int64 {
+	var n int64
+	for _, s := range g.Snapshots {
+		n += s.Size
+	}
+	for _, s := range g.Segments {
+		n += s.Size
+	}
+	return n
+}
+
+// Inventory is a whole replica, from one listing.
+type Inventory struct {
+	Generations []*Generation // oldest first
+	Unknown     []string      // keys lnvault did not write (ignored)
+}
+
+// Latest returns the newest generation, nil if there is none.
+func (inv *Inventory) Latest() *Generation {
+	if len(inv.Generations) == 0 {
+		return nil
+	}
+	return inv.Generations[len(inv.Generations)-1]
+}
+
+// ReplicaClient is the replica's storage, in the shape of litestream's: list
+// generations, list/read/write/delete snapshots and segments, and the lease
+// that keeps a second writer out.
+type ReplicaClient interface {
+	String() string
+	Inventory(ctx context.Context) (*Inventory, error)
+	Generations(ctx context.Context) ([]string, error)
+	WriteSnapshot(ctx context.Context, gen string, data []byte, h Header) (SnapshotInfo, error)
+	ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []byte, error)
+	DeleteSnapshots(ctx context.Context, s []SnapshotInfo) error
+	WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error)
+	ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error)
+	DeleteSegments(ctx context.Context, s []SegmentInfo) error
+	DeleteGeneration(ctx context.Context, gen string) error
+	ReadLease(ctx context.Context) (Lease, string, error)
+	WriteLease(ctx context.Context, l Lease, match string) (string, error)
+}
+
+// Lease is the object that names the one writer of a replica.
+type Lease struct {
+	Owner   string    `json:"owner"`
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	Expires time.Time `json:"expires"`
+}
+
+const leaseKey = "lease.json"
+
+// Client implements ReplicaClient over an ObjectStore with lnvault's layout:
+//
+//	<prefix>/lease.json
+//	<prefix>/<gen>/snapshots/<index>_<version>_<created>.snap.zst
+//	<prefix>/<gen>/segments/<first index>-<last index>_<first version>-<last version>_<created>.seg.zst
+//
+// with fixed-width hex numbers so that keys sort in log order; gen is the
+// generation's creation time in hex nanoseconds, so generations sort by age.
+// The creation time (unix microseconds) is in the key so that point-in-time
+// lookups need only a listing.
+type Client struct {
+	Store ObjectStore
+}
+
+// NewClient returns a Client over s.
+func NewClient(s ObjectStore) *Client { return &Client{Store: s} }
+
+func (c *Client) String() string { return c.Store.String() }
+
+// NewGenerationID returns a generation id newer than every id in existing.
+func NewGenerationID(existing []string, now time.Time) string {
+	id := uint64(now.UnixNano())
+	for _, g := range existing {
+		var v uint64
+		if _, err := fmt.Sscanf(g, "%016x", &v); err == nil && v >= id {
+			id = v + 1
+		}
+	}
+	return fmt.Sprintf("%016x", id)
+}
+
+func validGeneration(g string) bool {
+	if len(g) != 16 {
+		return false
+	}
+	for _, r := range g {
+		if !strings.ContainsRune("0123456789abcdef", r) {
+			return false
+		}
+	}
+	return true
+}
+
+func snapshotKey(gen string, h Header) string {
+	return fmt.Sprintf("%s/snapshots/%016x_%08x_%016x.snap.zst", gen, h.LastIndex, h.LastVersion, h.Created.UnixMicro())
+}
+
+func segmentKey(gen string, h Header) string {
+	return fmt.Sprintf("%s/segments/%016x-%016x_%08x-%08x_%016x.seg.zst", gen, h.FirstIndex, h.LastIndex, h.FirstVersion, h.LastVersion, h.Created.UnixMicro())
+}
+
+func parseSnapshotName(gen, name string) (SnapshotInfo, bool) {
+	var s SnapshotInfo
+	var us uint64
+	if len(name) != 16+1+8+1+16+len(".snap.zst") || !strings.HasSuffix(name, ".snap.zst") {
+		return s, false
+	}
+	if n, err := fmt.Sscanf(name, "%016x_%08x_%016x.snap.zst", &s.Index, &s.Version, &us); err != nil || n != 3 {
+		return s, false
+	}
+	s.Generation, s.Created = gen, time.UnixMicro(int64(us))
+	return s, true
+}
+
+func parseSegmentName(gen, name string) (SegmentInfo, bool) {
+	var s SegmentInfo
+	var us uint64
+	if len(name) != 16+1+16+1+8+1+8+1+16+len(".seg.zst") || !strings.HasSuffix(name, ".seg.zst") {
+		return s, false
+	}
+	if n, err := fmt.Sscanf(name, "%016x-%016x_%08x-%08x_%016x.seg.zst", &s.FirstIndex, &s.LastIndex, &s.FirstVersion, &s.LastVersion, &us); err != nil || n != 5 {
+		return s, false
+	}
+	if s.LastIndex < s.FirstIndex || s.LastVersion < s.FirstVersion {
+		return s, false
+	}
+	s.Generation, s.Created = gen, time.UnixMicro(int64(us))
+	return s, true
+}
+
+// Inventory lists the whole replica with one listing.
+func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
+	objs, err := c.Store.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	inv := &Inventory{}
+	gens := map[string]*Generation{}
+	for _, o := range objs {
+		if o.Key == leaseKey {
+			continue
+		}
+		parts := strings.Split(o.Key, "/")
+		if len(parts) != 3 || !validGeneration(parts[0]) {
+			inv.Unknown = append(inv.Unknown, o.Key)
+			continue
+		}
+		g := gens[parts[0]]
+		if g == nil {
+			g = &Generation{ID: parts[0]}
+		}
+		switch parts[1] {
+		case "snapshots":
+			s, ok := parseSnapshotName(g.ID, parts[2])
+			if !ok {
+				inv.Unknown = append(inv.Unknown, o.Key)
+				continue
+			}
+			s.Size, s.Key = o.Size, o.Key
+			g.Snapshots = append(g.Snapshots, s)
+		case "segments":
+			s, ok := parseSegmentName(g.ID, parts[2])
+			if !ok {
+				inv.Unknown = append(inv.Unknown, o.Key)
+				continue
+			}
+			s.Size, s.Key = o.Size, o.Key
+			g.Segments = append(g.Segments, s)
+		default:
+			inv.Unknown = append(inv.Unknown, o.Key)
+			continue
+		}
+		gens[g.ID] = g
+	}
+	for _, g := range gens {
+		slices.SortFunc(g.Snapshots, func(a, b SnapshotInfo) int {
+			if a.Index != b.Index {
+				return cmpU64(a.Index, b.Index)
+			}
+			return a.Created.Compare(b.Created)
+		})
+		slices.SortFunc(g.Segments, func(a, b SegmentInfo) int {
+			if a.FirstIndex != b.FirstIndex {
+				return cmpU64(a.FirstIndex, b.FirstIndex)
+			}
+			return a.Created.Compare(b.Created)
+		})
+		inv.Generations = append(inv.Generations, g)
+	}
+	slices.SortFunc(inv.Generations, func(a, b *Generation) int { return strings.Compare(a.ID, b.ID) })
+	return inv, nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Generations lists the generation ids, oldest first.
+func (c *Client) Generations(ctx context.Context) ([]string, error) {
+	inv, err := c.Inventory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(inv.Generations))
+	for i, g := range inv.Generations {
+		out[i] = g.ID
+	}
+	return out, nil
+}
+
+// WriteSnapshot stores an encoded snapshot object.
+func (c *Client) WriteSnapshot(ctx context.Context, gen string, data []byte, h Header) (SnapshotInfo, error) {
+	key := snapshotKey(gen, h)
+	if err := c.Store.Put(ctx, key, data); err != nil {
+		return SnapshotInfo{}, err
+	}
+	s, _ := parseSnapshotName(gen, key[len(gen)+len("/snapshots/"):])
+	s.Size, s.Key = int64(len(data)), key
+	return s, nil
+}
+
+// WriteSegment stores an encoded segment object.
+func (c *Client) WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error) {
+	key := segmentKey(gen, h)
+	if err := c.Store.Put(ctx, key, data); err != nil {
+		return SegmentInfo{}, err
+	}
+	s, _ := parseSegmentName(gen, key[len(gen)+len("/segments/"):])
+	s.Size, s.Key = int64(len(data)), key
+	return s, nil
+}
+
+func (c *Client) objectName(key string) string {
+	return strings.TrimSuffix(c.Store.String(), "/") + "/" + key
+}
+
+// corrupt names the object in a CorruptError.
+func (c *Client) corrupt(key string, version uint32, reason string) error {
+	return &lnvault.CorruptError{Offset: -1, Version: version, Object: c.objectName(key), Reason: reason}
+}
+
+func (c *Client) get(ctx context.Context, key string, version uint32) ([]byte, error) {
+	data, _, err := c.Store.Get(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, c.corrupt(key, version, "the object is missing (deleted while in use?)")
+	}
+	return data, err
+}
+
+// ReadSnapshot downloads and verifies a snapshot.
+func (c *Client) ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []byte, error) {
+	data, err := c.get(ctx, s.Key, s.Version)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	h, db, err := DecodeSnapshot(data)
+	if err != nil {
+		return h, nil, c.corrupt(s.Key, s.Version, err.Error())
+	}
+	if h.LastIndex != s.Index || h.LastVersion != s.Version {
+		return h, nil, c.corrupt(s.Key, s.Version, fmt.Sprintf("its header says index %d version %d, its name index %d version %d", h.LastIndex, h.LastVersion, s.Index, s.Version))
+	}
+	return h, db, nil
+}
+
+// ReadSegment downloads and verifies a segment.
+func (c *Client) ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error) {
+	data, err := c.get(ctx, s.Key, s.FirstVersion)
+	if err != nil {
+		return nil, err
+	}
+	seg, err := DecodeSegment(data)
+	if err != nil {
+		return nil, c.corrupt(s.Key, s.FirstVersion, err.Error())
+	}
+	if seg.FirstIndex != s.FirstIndex || seg.LastIndex != s.LastIndex || seg.FirstVersion != s.FirstVersion || seg.LastVersion != s.LastVersion {
+		return nil, c.corrupt(s.Key, s.FirstVersion, fmt.Sprintf("its header says indexes %d-%d versions %d-%d, unlike its name",
+			seg.FirstIndex, seg.LastIndex, seg.FirstVersion, seg.LastVersion))
+	}
+	return seg, nil
+}
+
+// DeleteSnapshots removes snapshot objects.
+func (c *Client) DeleteSnapshots(ctx context.Context, s []SnapshotInfo) error {
+	keys := make([]string, len(s))
+	for i := range s {
+		keys[i] = s[i].Key
+	}
+	return c.deleteKeys(ctx, keys)
+}
+
+// DeleteSegments removes segment objects.
+func (c *Client) DeleteSegments(ctx context.Context, s []SegmentInfo) error {
+	keys := make([]string, len(s))
+	for i := range s {
+		keys[i] = s[i].Key
+	}
+	return c.deleteKeys(ctx, keys)
+}
+
+func (c *Client) deleteKeys(ctx context.Context, keys []string) error {
+	const batch = 1000 // S3 DeleteObjects limit
+	for len(keys) > 0 {
+		n := min(batch, len(keys))
+		if err := c.Store.Delete(ctx, keys[:n]...); err != nil {
+			return err
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// DeleteGeneration removes every object of a generation.
+func (c *Client) DeleteGeneration(ctx context.Context, gen string) error {
+	if !validGeneration(gen) {
+		return fmt.Errorf("%q is not a generation id", gen)
+	}
+	objs, err := c.Store.List(ctx, gen+"/")
+	if err != nil {
+		return err
+	}
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
+	}
+	return c.deleteKeys(ctx, keys)
+}
+
+// ReadLease returns the lease and its ETag; no lease is fs.ErrNotExist.
+func (c *Client) ReadLease(ctx context.Context) (Lease, string, error) {
+	var l Lease
+	data, etag, err := c.Store.Get(ctx, leaseKey)
+	if err != nil {
+		return l, "", err
+	}
+	if err := json.Unmarshal(data, &l); err != nil {
+		// A damaged lease must not lock a replica forever: it reads as
+		// expired, and its ETag lets one writer replace it.
+		return Lease{Owner: "unreadable lease"}, etag, nil
+	}
+	return l, etag, nil
+}
+
+// WriteLease writes the lease if its ETag is still match ("" for none).
+func (c *Client) WriteLease(ctx context.Context, l Lease, match string) (string, error) {
+	data, err := json.Marshal(l)
+	if err != nil {
+		return "", err
+	}
+	return c.Store.PutIf(ctx, leaseKey, data, match)
+}
+
+// parallel runs fn(i) for i in [0,n) with at most p at a time; it stops at
+// the first error and returns it.
+func parallel(ctx context.Context, n, p int, fn func(ctx context.Context, i int) error) error {
+	if p < 1 {
+		p = 1
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		next  = make(chan int)
+	)
+	for range min(p, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			i = n
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return first
+}

@@ -1,0 +1,252 @@
+// Package dir is a replica.ObjectStore on a local directory: a NAS mount, a
+// second disk, or tests. Objects are files under the directory; every write
+// goes to a temp file that is fsync'd, renamed into place, and the directory
+// fsync'd, so an object is either absent or whole.
+package dir
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/replica"
+	"golang.org/x/sys/unix"
+)
+
+// Store keeps objects under Root.
+type Store struct {
+	Root string
+	mu   sync.Mutex // serialises PutIf within the process; flock across processes
+}
+
+// New returns a store rooted at root, creating the directory.
+func New(root string) (*Store, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("replica directory %q must be an absolute path", root)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("cannot create replica directory: %w", err)
+	}
+	return &Store{Root: filepath.Clean(root)}, nil
+}
+
+func (s *Store) String() string { return "file://" + s.Root }
+
+func (s *Store) path(key string) (string, error) {
+	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "\\") {
+		return "", fmt.Errorf("invalid object key %q", key)
+	}
+	for _, p := range strings.Split(key, "/") {
+		if p == "" || p == "." || p == ".." || strings.HasPrefix(p, ".tmp-") {
+			return "", fmt.Errorf("invalid object key %q", key)
+		}
+	}
+	return filepath.Join(s.Root, filepath.FromSlash(key)), nil
+}
+
+// Put writes data at key atomically and durably.
+func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	d := filepath.Dir(p)
+	if err := mkdirAllSync(s.Root, d); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(d, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	return syncDir(d)
+}
+
+// mkdirAllSync creates dir (below root) and fsyncs each parent it changed, so
+// a new directory entry survives a crash.
+func mkdirAllSync(root, dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir && strings.HasPrefix(parent, root) {
+		if err := mkdirAllSync(root, parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
+}
+
+func syncDir(d string) error {
+	f, err := os.Open(d)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	return errors.Join(err, f.Close())
+}
+
+func etag(data []byte) string {
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:16])
+}
+
+// PutIf writes data if the current object's ETag is match ("" = absent).
+// An flock on <root>/.lease-lock makes the check and the write atomic for
+// every process on this machine (and on NFS mounts that honour flock).
+func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lf, err := os.OpenFile(filepath.Join(s.Root, ".lease-lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer lf.Close()
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		return "", fmt.Errorf("locking %s: %w", lf.Name(), err)
+	}
+	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN)
+	cur, tag, err := s.Get(ctx, key)
+	_ = cur
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if match != "" {
+			return "", fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+		}
+	case err != nil:
+		return "", err
+	case match == "" || tag != match:
+		return "", fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+	}
+	if err := s.Put(ctx, key, data); err != nil {
+		return "", err
+	}
+	return etag(data), nil
+}
+
+// Get reads the object at key.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return nil, "", err
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, "", err // *PathError wrapping fs.ErrNotExist when missing
+	}
+	return data, etag(data), nil
+}
+
+// List walks the directory for keys starting with prefix.
+func (s *Store) List(ctx context.Context, prefix string) ([]replica.ObjectInfo, error) {
+	var out []replica.ObjectInfo
+	err := filepath.WalkDir(s.Root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			return nil
+		}
+		rel, err := filepath.Rel(s.Root, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		out = append(out, replica.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", s.Root, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// Delete removes objects, and their directory when it becomes empty.
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	dirs := map[string]bool{}
+	for _, k := range keys {
+		p, err := s.path(k)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		// Empty generation directories go away (best effort).
+		for d != s.Root && strings.HasPrefix(d, s.Root) {
+			if os.Remove(d) != nil {
+				break
+			}
+			d = filepath.Dir(d)
+		}
+	}
+	return nil
+}
+
+func (s *Store) Close() error { return nil }
+
+func init() {
+	replica.RegisterStore("dir", nil, func(ctx context.Context, u *url.URL, q url.Values) (replica.ObjectStore, error) {
+		if u.Host != "" {
+			return nil, fmt.Errorf("dir URL %q: use dir:///absolute/path (three slashes)", u.Redacted())
+		}
+		return New(u.Path)
+	})
+	lnvault.Register("dir", replica.OpenBackendURL)
+}

@@ -1,0 +1,541 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/lnvault/lnvault"
+)
+
+// DefaultReplicatorInterval is how often pending changes are uploaded.
+const DefaultReplicatorInterval = time.Second
+
+// ReplicatorOptions tune the background shipping of changes.
+type ReplicatorOptions struct {
+	// FlushInterval bounds the lag: what accumulated is uploaded at least
+	// this often (default 1s).
+	FlushInterval time.Duration
+	// FlushBytes uploads early once this much is pending, and caps the size
+	// of one segment (default 1 MiB).
+	FlushBytes int64
+	// MaxPendingBytes: past this much unshipped data (replica unreachable),
+	// the in-memory queue is dropped and the replicator later catches up by
+	// streaming from the local backend (default 64 MiB).
+	MaxPendingBytes int64
+	Logger          *slog.Logger
+}
+
+// ReplicatorStatus is what `status` and the metrics show about a replica.
+type ReplicatorStatus struct {
+	URL            string        `json:"url"`
+	Generation     string        `json:"generation"`
+	ReplicaVersion uint32        `json:"replica_version"`
+	ReplicaCount   uint64        `json:"replica_version_count"`
+	LocalVersion   uint32        `json:"local_version"`
+	PendingChanges int           `json:"pending_changes"`
+	PendingBytes   int64         `json:"pending_bytes"`
+	Lag            time.Duration `json:"lag_ns"` // age of the oldest change not yet on the replica
+	CatchingUp     bool          `json:"catching_up"`
+	LastUpload     time.Time     `json:"last_upload"`
+	LastError      string        `json:"last_error,omitempty"`
+}
+
+// Replicator ships the changes of a local backend to a replica in the
+// background: changes are queued as they are appended locally and uploaded in
+// segments every FlushInterval (or FlushBytes). At start, after an upload
+// error, and after a rewind of a change that may already be on the replica,
+// it re-synchronises: it finds the replica's head among the local changes
+// (same version, same previous version, same statements) and uploads what
+// follows; if the histories diverged it starts a new generation from a
+// snapshot of the local state.
+type Replicator struct {
+	local lnvault.Backend
+	rb    *Backend
+	opts  ReplicatorOptions
+	log   *slog.Logger
+
+	mu           sync.Mutex
+	queue        []*lnvault.Change
+	queueBytes   int64
+	pendingSince time.Time // oldest change not yet on the replica; zero if none
+	needResync   bool
+	compactReq   bool
+	lastErr      error
+	lastUpload   time.Time
+	flushing     bool
+
+	kick    chan struct{}
+	flushed *sync.Cond // signalled after each step
+	stop    chan struct{}
+	done    chan struct{}
+	cancel  context.CancelFunc
+	ctx     context.Context
+	closeMu sync.Once
+}
+
+// NewReplicator starts replicating local to rb. Use Backend() as the
+// server's backend; Close stops it.
+func NewReplicator(local lnvault.Backend, rb *Backend, o ReplicatorOptions) *Replicator {
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = DefaultReplicatorInterval
+	}
+	if o.FlushBytes <= 0 {
+		o.FlushBytes = 1 << 20
+	}
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = 64 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Replicator{local: local, rb: rb, opts: o, log: o.Logger, needResync: true,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), ctx: ctx, cancel: cancel}
+	r.flushed = sync.NewCond(&r.mu)
+	if local.Metadata().VersionCount > 0 || local.Metadata().Version > 0 {
+		r.pendingSince = time.Now()
+	}
+	go r.loop()
+	return r
+}
+
+// Backend returns local wrapped so that its changes are replicated.
+func (r *Replicator) Backend() lnvault.Backend { return replicated{r} }
+
+// Replica is the replica backend.
+func (r *Replicator) Replica() *Backend { return r.rb }
+
+// Status reports the replication state.
+func (r *Replicator) Status() ReplicatorStatus {
+	md := r.rb.Metadata()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := ReplicatorStatus{URL: r.rb.client.String(), Generation: r.rb.Generation(), ReplicaVersion: md.Version, ReplicaCount: md.VersionCount,
+		LocalVersion: r.local.Metadata().Version, PendingChanges: len(r.queue), PendingBytes: r.queueBytes,
+		CatchingUp: r.needResync, LastUpload: r.lastUpload}
+	if !r.pendingSince.IsZero() {
+		st.Lag = time.Since(r.pendingSince)
+	}
+	if r.lastErr != nil {
+		st.LastError = r.lastErr.Error()
+	}
+	return st
+}
+
+func (r *Replicator) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Replicator) loop() {
+	defer close(r.done)
+	t := time.NewTicker(r.opts.FlushInterval)
+	defer t.Stop()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.kick:
+		case <-t.C:
+		}
+		if backoff > 0 {
+			select {
+			case <-r.stop:
+				return
+			case <-time.After(backoff):
+			}
+		}
+		if err := r.step(r.ctx); err != nil {
+			backoff = min(max(2*backoff, 500*time.Millisecond), 30*time.Second)
+			r.log.Warn("replica: upload failed, will retry", "replica", r.rb.client.String(), "err", err, "retry_in", backoff)
+		} else {
+			backoff = 0
+		}
+	}
+}
+
+// step does one round of work: resync if needed, else upload the queue, then
+// a requested compaction.
+func (r *Replicator) step(ctx context.Context) error {
+	err := r.stepInner(ctx)
+	r.mu.Lock()
+	r.lastErr = err
+	r.flushed.Broadcast()
+	r.mu.Unlock()
+	return err
+}
+
+func (r *Replicator) stepInner(ctx context.Context) error {
+	r.mu.Lock()
+	if r.needResync {
+		r.mu.Unlock()
+		return r.resync(ctx)
+	}
+	batch := r.queue
+	r.queue, r.queueBytes = nil, 0
+	compact := r.compactReq
+	r.mu.Unlock()
+	if len(batch) > 0 {
+		if err := r.upload(ctx, batch); err != nil {
+			r.mu.Lock()
+			r.needResync = true
+			r.queue, r.queueBytes = nil, 0
+			r.mu.Unlock()
+			return err
+		}
+	}
+	r.mu.Lock()
+	if len(r.queue) == 0 && !r.needResync {
+		r.pendingSince = time.Time{}
+	}
+	r.mu.Unlock()
+	if compact {
+		if _, err := r.rb.Compact(ctx); err != nil {
+			return fmt.Errorf("compacting the replica: %w", err)
+		}
+		r.mu.Lock()
+		r.compactReq = false
+		r.mu.Unlock()
+	}
+	return nil
+}
+
+// upload writes changes as segments of at most FlushBytes each.
+func (r *Replicator) upload(ctx context.Context, cs []*lnvault.Change) error {
+	for len(cs) > 0 {
+		n, size := 0, int64(0)
+		for n < len(cs) && (n == 0 || size+changeSize(cs[n]) <= r.opts.FlushBytes) {
+			size += changeSize(cs[n])
+			n++
+		}
+		if err := r.rb.AppendBatch(ctx, cs[:n]); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.lastUpload = time.Now()
+		r.mu.Unlock()
+		cs = cs[n:]
+	}
+	return nil
+}
+
+func changeSize(c *lnvault.Change) int64 {
+	n := int64(9)
+	if c.Snapshot != nil {
+		n += c.Snapshot.Size()
+	}
+	for _, s := range c.Statements {
+		n += int64(len(s)) + 4
+	}
+	return n
+}
+
+// cloneChange copies c so that it outlives the caller's buffers (a streamed
+// snapshot is valid only during the callback).
+func cloneChange(c *lnvault.Change) (*lnvault.Change, error) {
+	out := &lnvault.Change{Version: c.Version, Kind: c.Kind, Statements: slices.Clone(c.Statements)}
+	if c.Snapshot != nil {
+		var buf bytes.Buffer
+		if _, err := io.Copy(&buf, io.NewSectionReader(c.Snapshot, 0, c.Snapshot.Size())); err != nil {
+			return nil, fmt.Errorf("copying snapshot %d: %w", c.Version, err)
+		}
+		out.Snapshot = io.NewSectionReader(bytes.NewReader(buf.Bytes()), 0, int64(buf.Len()))
+	}
+	return out, nil
+}
+
+func sameChange(a, b *lnvault.Change) bool {
+	return a != nil && b != nil && a.Kind == lnvault.KindTransaction && b.Kind == a.Kind && a.Version == b.Version && slices.Equal(a.Statements, b.Statements)
+}
+
+// isHead tells whether c (after a change of version prev) is the local head
+// md: versions repeat at most once in a row, so the head's version and its
+// previous version identify it.
+func isHead(md lnvault.Metadata, c *lnvault.Change, prev *lnvault.Change) bool {
+	if c.Version != md.Version {
+		return false
+	}
+	if prev == nil {
+		return md.PrevVersion == 0 || c.Kind == lnvault.KindSnapshot || md.PrevVersion != md.Version
+	}
+	return prev.Version == md.PrevVersion
+}
+
+// resync brings the replica to the local head.
+func (r *Replicator) resync(ctx context.Context) error {
+	// Appends wait while we take the local head and empty the queue, so that
+	// every later change is in the queue and every earlier one in the stream.
+	r.mu.Lock()
+	lmd := r.local.Metadata()
+	r.queue, r.queueBytes = nil, 0
+	r.needResync = false
+	r.mu.Unlock()
+	err := r.catchUp(ctx, lmd)
+	if err != nil {
+		r.mu.Lock()
+		r.needResync = true
+		r.queue, r.queueBytes = nil, 0
+		r.mu.Unlock()
+	}
+	return err
+}
+
+func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
+	if lmd.VersionCount == 0 && lmd.Version == 0 {
+		return nil // nothing local yet
+	}
+	rmd := r.rb.Metadata()
+	r.rb.mu.Lock()
+	rhead := r.rb.head
+	r.rb.mu.Unlock()
+	if rmd == lmd && rhead == nil && rmd.VersionCount > 0 {
+		return nil // a generation that starts with a snapshot of this very head
+	}
+
+	var batch []*lnvault.Change
+	var batchBytes int64
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := r.upload(ctx, batch)
+		batch, batchBytes = nil, 0
+		return err
+	}
+	matched := rmd.VersionCount == 0
+	reachedHead := false
+	var prev *lnvault.Change
+	from := uint32(0)
+	if !matched {
+		from = rmd.PrevVersion
+		if rmd.PrevVersion == 0 {
+			from = rmd.Version
+		}
+	}
+	err := r.local.Stream(ctx, from, func(c *lnvault.Change) error {
+		defer func() { prev = c }()
+		if !matched {
+			if c.Version > rmd.Version {
+				return lnvault.ErrStop // went past the replica's head: diverged
+			}
+			prevOK := prev == nil && (rmd.PrevVersion == 0 || rmd.PrevVersion != rmd.Version) || prev != nil && prev.Version == rmd.PrevVersion
+			if prevOK && sameChange(c, rhead) {
+				matched = true
+			}
+			if isHead(lmd, c, prev) {
+				reachedHead = true
+				return lnvault.ErrStop
+			}
+			return nil
+		}
+		cc, err := cloneChange(c)
+		if err != nil {
+			return err
+		}
+		batch = append(batch, cc)
+		batchBytes += changeSize(cc)
+		if batchBytes >= r.opts.FlushBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if isHead(lmd, c, prev) {
+			reachedHead = true
+			return lnvault.ErrStop
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("streaming the local backup: %w", err)
+	}
+	if matched {
+		if err := flush(); err != nil {
+			return err
+		}
+		if !reachedHead {
+			return fmt.Errorf("the local backup's changes end before its head (version %d): cannot replicate it", lmd.Version)
+		}
+		r.log.Info("replica: caught up", "replica", r.rb.client.String(), "version", r.rb.Metadata().Version)
+		return nil
+	}
+	// The replica's head is not in the local history (a rewind after it was
+	// uploaded, a compacted local log, another history): start a new
+	// generation from the local state.
+	r.log.Info("replica: histories differ, starting a new generation", "replica", r.rb.client.String(), "replica_version", rmd.Version, "local_version", lmd.Version)
+	var last, before uint32
+	var n int
+	path, cleanup, err := materialize(ctx, func(fn func(*lnvault.Change) error) error {
+		var p *lnvault.Change
+		err := r.local.Stream(ctx, 0, func(c *lnvault.Change) error {
+			defer func() { p = &lnvault.Change{Version: c.Version, Kind: c.Kind} }()
+			if err := fn(c); err != nil {
+				return err
+			}
+			before, last = last, c.Version
+			n++
+			if isHead(lmd, c, p) {
+				return lnvault.ErrStop
+			}
+			return nil
+		})
+		if errors.Is(err, lnvault.ErrStop) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	if n < 2 {
+		before = lmd.PrevVersion
+	}
+	r.rb.mu.Lock()
+	defer r.rb.mu.Unlock()
+	if err := r.rb.writable(ctx); err != nil {
+		return err
+	}
+	return r.rb.newGenerationFromFile(ctx, path, r.rb.md.VersionCount, last, before)
+}
+
+// Flush waits until everything appended so far is on the replica (or ctx
+// ends, or an upload fails).
+func (r *Replicator) Flush(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.flushed.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+	r.poke()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !r.needResync && len(r.queue) == 0 && r.pendingSince.IsZero() {
+			return nil
+		}
+		r.mu.Unlock()
+		r.poke()
+		r.mu.Lock()
+		r.flushed.Wait()
+	}
+}
+
+// Close ships what is pending (for up to 30 s), stops, and closes the replica.
+func (r *Replicator) Close() error {
+	var err error
+	r.closeMu.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ferr := r.Flush(ctx)
+		cancel()
+		close(r.stop)
+		<-r.done
+		r.cancel()
+		if ferr != nil {
+			ferr = fmt.Errorf("replica %s left behind (it catches up at next start): %w", r.rb.client, ferr)
+		}
+		err = errors.Join(ferr, r.rb.Close())
+	})
+	return err
+}
+
+// replicated is the local backend with replication hooked into its writes.
+type replicated struct{ r *Replicator }
+
+func (w replicated) Metadata() lnvault.Metadata { return w.r.local.Metadata() }
+
+func (w replicated) Append(ctx context.Context, c *lnvault.Change) error {
+	r := w.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.local.Append(ctx, c); err != nil {
+		return err
+	}
+	if r.pendingSince.IsZero() {
+		r.pendingSince = time.Now()
+	}
+	if r.needResync {
+		return nil // the resync streams it from the local backend
+	}
+	cc, err := cloneChange(c)
+	if err != nil {
+		r.needResync = true
+		return nil
+	}
+	r.queue = append(r.queue, cc)
+	r.queueBytes += changeSize(cc)
+	switch {
+	case r.queueBytes > r.opts.MaxPendingBytes:
+		r.queue, r.queueBytes, r.needResync = nil, 0, true
+	case r.queueBytes >= r.opts.FlushBytes:
+		r.poke()
+	}
+	return nil
+}
+
+func (w replicated) Rewind(ctx context.Context) error {
+	r := w.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.local.Rewind(ctx); err != nil {
+		return err
+	}
+	if n := len(r.queue); n > 0 && !r.needResync {
+		r.queueBytes -= changeSize(r.queue[n-1])
+		r.queue = r.queue[:n-1]
+	} else {
+		// The change may be on the replica already: resync decides.
+		r.needResync = true
+		r.queue, r.queueBytes = nil, 0
+		if r.pendingSince.IsZero() {
+			r.pendingSince = time.Now()
+		}
+	}
+	r.poke()
+	return nil
+}
+
+func (w replicated) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	return w.r.local.Stream(ctx, from, fn)
+}
+
+func (w replicated) Compact(ctx context.Context) (lnvault.CompactStats, error) {
+	st, err := w.r.local.Compact(ctx)
+	if err != nil {
+		return st, err
+	}
+	w.r.mu.Lock()
+	w.r.compactReq = true
+	w.r.mu.Unlock()
+	w.r.poke()
+	return st, nil
+}
+
+func (w replicated) Status(ctx context.Context) (lnvault.Status, error) { return w.r.local.Status(ctx) }
+
+// Close stops replication (after shipping what is pending) and closes both.
+func (w replicated) Close() error {
+	return errors.Join(w.r.Close(), w.r.local.Close())
+}
+
+// Replicator returns the Replicator behind a backend returned by Backend().
+func ReplicatorOf(b lnvault.Backend) (*Replicator, bool) {
+	w, ok := b.(replicated)
+	if !ok {
+		return nil, false
+	}
+	return w.r, true
+}

@@ -1,0 +1,237 @@
+// Package s3 is a replica.ObjectStore on S3-compatible object storage
+// (AWS S3, versitygw, MinIO, ...) with aws-sdk-go-v2. Importing it registers
+// the lnvault backend scheme "s3":
+//
+//	s3://bucket/prefix?endpoint=http://127.0.0.1:7070&region=us-east-1&path-style=true
+//
+// Credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID /
+// AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, instance roles).
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/replica"
+	_ "github.com/lnvault/lnvault/replica/dir" // dir:// replicas come with s3://
+)
+
+func init() {
+	replica.RegisterStore("s3", Params, func(ctx context.Context, u *url.URL, q url.Values) (replica.ObjectStore, error) {
+		return Open(ctx, u, q)
+	})
+	lnvault.Register("s3", replica.OpenBackendURL)
+}
+
+// Params are the query parameters the S3 store itself reads.
+var Params = []string{"endpoint", "region", "path-style"}
+
+// Store keeps objects in Bucket under Prefix.
+type Store struct {
+	Client   *s3.Client
+	Bucket   string
+	Prefix   string // "" or ends with "/"
+	endpoint string
+}
+
+// Open connects to the bucket named by u (s3://bucket/prefix) with the
+// endpoint, region and path-style parameters of q, and checks that the
+// bucket is reachable.
+func Open(ctx context.Context, u *url.URL, q url.Values) (*Store, error) {
+	if u.Host == "" {
+		return nil, fmt.Errorf("s3 URL %q names no bucket: use s3://BUCKET/PREFIX", u.Redacted())
+	}
+	region := q.Get("region")
+	opts := []func(*config.LoadOptions) error{}
+	if region != "" {
+		opts = append(opts, config.WithRegion(region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3: loading AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1" // custom endpoints rarely care; AWS redirects
+	}
+	pathStyle := false
+	if v := q.Get("path-style"); v != "" {
+		if pathStyle, err = strconv.ParseBool(v); err != nil {
+			return nil, fmt.Errorf("s3 URL parameter path-style=%q: want true or false", v)
+		}
+	}
+	endpoint := q.Get("endpoint")
+	if endpoint != "" {
+		eu, err := url.Parse(endpoint)
+		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+			return nil, fmt.Errorf("s3 URL parameter endpoint=%q: want http://host:port or https://host", endpoint)
+		}
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+		o.UsePathStyle = pathStyle
+		// Objects carry their own CRC-32C; only send checksums the API
+		// requires, which every S3-compatible server understands.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	prefix := strings.Trim(u.Path, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	s := &Store{Client: client, Bucket: u.Host, Prefix: prefix, endpoint: endpoint}
+	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+		return nil, s.explain("checking bucket", err)
+	}
+	return s, nil
+}
+
+func (s *Store) String() string {
+	return "s3://" + s.Bucket + "/" + strings.TrimSuffix(s.Prefix, "/")
+}
+
+// explain turns SDK errors into one line that says what to do.
+func (s *Store) explain(op string, err error) error {
+	where := s.String()
+	if s.endpoint != "" {
+		where += " at " + s.endpoint
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchBucket", "NotFound":
+			if op == "checking bucket" {
+				return fmt.Errorf("s3: bucket %q does not exist at %s: create it first (aws s3 mb s3://%s)", s.Bucket, where, s.Bucket)
+			}
+		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch":
+			return fmt.Errorf("s3: %s %s: access denied (%s): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile's rights", op, where, ae.ErrorCode())
+		}
+		return fmt.Errorf("s3: %s %s: %s: %s", op, where, ae.ErrorCode(), ae.ErrorMessage())
+	}
+	if strings.Contains(err.Error(), "failed to retrieve credentials") || strings.Contains(err.Error(), "no EC2 IMDS") {
+		return fmt.Errorf("s3: %s %s: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE): %w", op, where, err)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("s3: %s %s: %w", op, where, err)
+	}
+	return fmt.Errorf("s3: %s %s: cannot reach the endpoint (check endpoint= and the network): %w", op, where, err)
+}
+
+// Put stores an object; it returns once S3 has acknowledged it.
+func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	_, err := s.Client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	})
+	if err != nil {
+		return s.explain("writing "+key+" to", err)
+	}
+	return nil
+}
+
+// PutIf is a conditional PUT (If-None-Match: * or If-Match: etag).
+func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string) (string, error) {
+	in := &s3.PutObjectInput{
+		Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	}
+	if match == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(match)
+	}
+	out, err := s.Client.PutObject(ctx, in)
+	if err != nil {
+		var ae smithy.APIError
+		if errors.As(err, &ae) {
+			switch ae.ErrorCode() {
+			case "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey":
+				return "", fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+			}
+		}
+		return "", s.explain("writing "+key+" to", err)
+	}
+	return aws.ToString(out.ETag), nil
+}
+
+// Get downloads an object.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
+	out, err := s.Client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key)})
+	if err != nil {
+		var nsk *types.NoSuchKey
+		var ae smithy.APIError
+		if errors.As(err, &nsk) || (errors.As(err, &ae) && ae.ErrorCode() == "NotFound") {
+			return nil, "", fmt.Errorf("%s/%s: %w", s, key, fs.ErrNotExist)
+		}
+		return nil, "", s.explain("reading "+key+" from", err)
+	}
+	defer out.Body.Close()
+	var buf bytes.Buffer
+	if out.ContentLength != nil && *out.ContentLength > 0 && *out.ContentLength < 1<<30 {
+		buf.Grow(int(*out.ContentLength))
+	}
+	if _, err := io.Copy(&buf, out.Body); err != nil {
+		return nil, "", s.explain("reading "+key+" from", err)
+	}
+	return buf.Bytes(), aws.ToString(out.ETag), nil
+}
+
+// List lists every object under prefix.
+func (s *Store) List(ctx context.Context, prefix string) ([]replica.ObjectInfo, error) {
+	var out []replica.ObjectInfo
+	p := s3.NewListObjectsV2Paginator(s.Client, &s3.ListObjectsV2Input{
+		Bucket: aws.String(s.Bucket), Prefix: aws.String(s.Prefix + prefix),
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s.explain("listing", err)
+		}
+		for _, o := range page.Contents {
+			key := strings.TrimPrefix(aws.ToString(o.Key), s.Prefix)
+			out = append(out, replica.ObjectInfo{Key: key, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
+		}
+	}
+	return out, nil
+}
+
+// Delete removes objects with DeleteObjects (up to 1000 per request).
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	for len(keys) > 0 {
+		n := min(len(keys), 1000)
+		ids := make([]types.ObjectIdentifier, n)
+		for i, k := range keys[:n] {
+			ids[i] = types.ObjectIdentifier{Key: aws.String(s.Prefix + k)}
+		}
+		out, err := s.Client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+			Bucket: aws.String(s.Bucket), Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+		})
+		if err != nil {
+			return s.explain("deleting objects in", err)
+		}
+		for _, e := range out.Errors {
+			if aws.ToString(e.Code) == "NoSuchKey" {
+				continue
+			}
+			return fmt.Errorf("s3: deleting %s in %s: %s: %s", aws.ToString(e.Key), s, aws.ToString(e.Code), aws.ToString(e.Message))
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+func (s *Store) Close() error { return nil }

@@ -1,0 +1,241 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/dbapply"
+	_ "github.com/lnvault/lnvault/file"
+	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/dumphash"
+	"github.com/lnvault/lnvault/server"
+	"github.com/lnvault/lnvault/socket"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("LNVAULT_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type testServer struct {
+	srv     *server.Server
+	b       lnvault.Backend
+	fileURL string
+	addr    string
+	done    chan error
+	cancel  context.CancelFunc
+}
+
+// startServer serves a new file backup on 127.0.0.1 in-process.
+func startServer(t testing.TB, cfg server.Config) *testServer {
+	t.Helper()
+	return startServerOn(t, cfg, "tcp", "127.0.0.1:0")
+}
+
+func startServerOn(t testing.TB, cfg server.Config, network, laddr string) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	fileURL := "file://" + filepath.Join(dir, "backup.dbak")
+	b, err := lnvault.Open(context.Background(), fileURL, lnvault.OpenOptions{Create: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	ln, err := net.Listen(network, laddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{srv: server.New(cfg, b), b: b, fileURL: fileURL, addr: ln.Addr().String(), done: make(chan error, 1), cancel: cancel}
+	go func() { ts.done <- ts.srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+func (ts *testServer) stop(t testing.TB) {
+	if ts.cancel == nil {
+		return
+	}
+	ts.cancel()
+	ts.cancel = nil
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("server did not shut down")
+	}
+	ts.b.Close()
+}
+
+func (ts *testServer) url(params string) string {
+	u := "socket:" + ts.addr
+	if params != "" {
+		u += "?" + params
+	}
+	return u
+}
+
+func openSocket(t testing.TB, url string, opts lnvault.OpenOptions) *socket.Backend {
+	t.Helper()
+	opts.Logger = testLogger(t)
+	b, err := socket.Open(context.Background(), url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func corpusChanges(t testing.TB) []*lnvault.Change {
+	t.Helper()
+	cs, err := corpus.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// restoreHash streams b into a new SQLite file and returns the dump hash and
+// the changes seen.
+func restoreHash(t testing.TB, b lnvault.Backend) (string, int) {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "restored.sqlite3")
+	a, err := dbapply.Create(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := b.Stream(ctx, 0, func(c *lnvault.Change) error { n++; return a.Apply(ctx, c) }); err != nil {
+		a.Close(ctx)
+		t.Fatal(err)
+	}
+	if err := a.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h, err := dumphash.Of(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, n
+}
+
+// streamVersions lists the versions a backend streams.
+func streamVersions(t testing.TB, b lnvault.Backend) []uint32 {
+	t.Helper()
+	var vs []uint32
+	if err := b.Stream(context.Background(), 0, func(c *lnvault.Change) error { vs = append(vs, c.Version); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return vs
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// lnvaultBinary builds the real command once per test run.
+func lnvaultBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lnvault-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "lnvault")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/lnvault/lnvault/cmd/lnvault").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// serverProc is `lnvault server` as a subprocess.
+type serverProc struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startProc(t testing.TB, args ...string) *serverProc {
+	t.Helper()
+	cmd := exec.Command(lnvaultBinary(t), args...)
+	p := &serverProc{cmd: cmd, stderr: &lockedBuffer{}}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return p
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(t testing.TB, addr string, p *serverProc) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("server on %s never listened; stderr:\n%s", addr, p.stderr.String())
+}

@@ -1,0 +1,465 @@
+// Package server is the remote backup server: it speaks the protocol of
+// package wire (compatible with the reference Python client) and stores the
+// changes it receives in any lnvault.Backend.
+//
+// Many connections are served at once (restores and status queries while a
+// node writes), but only one connection at a time may modify the backup: the
+// first one that sends CHANGE, SNAPSHOT, REWIND or COMPACT becomes the writer
+// until it disconnects; any other gets a NACK. Every refused request gets a
+// NACK carrying the backup's head version.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config configures a Server. The zero value is usable.
+type Config struct {
+	// Limits bound what clients may send (packet length, decompressed
+	// sizes, where snapshots are spooled).
+	Limits wire.Limits
+	// AllowUnauthenticated permits ListenAndServe on a non-loopback
+	// address. The protocol has no authentication.
+	AllowUnauthenticated bool
+	// WriteTimeout bounds each write to a client (a restore to a client
+	// that stopped reading). Default 1 minute.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Server serves one backup.
+type Server struct {
+	cfg Config
+	b   lnvault.Backend
+	log *slog.Logger
+	m   *metrics
+
+	mu         sync.Mutex
+	writer     *conn // the connection allowed to modify the backup
+	compacting bool
+	conns      map[*conn]struct{}
+	listeners  map[net.Listener]struct{}
+	closing    bool
+
+	wg       sync.WaitGroup // connection handlers and compactions
+	shutdown chan struct{}
+	once     sync.Once
+	ctx      context.Context // cancelled when shutdown is over-due
+	cancel   context.CancelFunc
+}
+
+// New returns a Server storing into b. The caller closes b after Serve
+// returns.
+func New(cfg Config, b lnvault.Backend) *Server {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = time.Minute
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg: cfg, b: b, log: log,
+		conns:     map[*conn]struct{}{},
+		listeners: map[net.Listener]struct{}{},
+		shutdown:  make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.m = newMetrics(s)
+	return s
+}
+
+// MetricsHandler serves the server's Prometheus metrics (a private registry).
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{})
+}
+
+// Registry is the server's private Prometheus registry.
+func (s *Server) Registry() *prometheus.Registry { return s.m.reg }
+
+// IsLoopback tells whether addr (host:port) binds only to loopback.
+func IsLoopback(addr string) (bool, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, fmt.Errorf("listen address %q: %w (expected 127.0.0.1:PORT, [::1]:PORT or HOST:PORT)", addr, err)
+	}
+	if host == "" {
+		return false, nil // every interface
+	}
+	if host == "localhost" {
+		return true, nil
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback(), nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false, fmt.Errorf("listen address %q: %w", addr, err)
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false, nil
+		}
+	}
+	return len(ips) > 0, nil
+}
+
+// ListenAndServe listens on addr (IPv4:PORT, [IPv6]:PORT or HOST:PORT) and
+// serves until ctx ends, then shuts down gracefully.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	lo, err := IsLoopback(addr)
+	if err != nil {
+		return err
+	}
+	if !lo {
+		if !s.cfg.AllowUnauthenticated {
+			return fmt.Errorf("refusing to listen on %s: the backup protocol has no authentication, so anyone who can reach the port can overwrite the backup; bind to 127.0.0.1 or [::1] and use an SSH tunnel, a VPN or a Tor onion service, or pass --allow-unauthenticated", addr)
+		}
+		s.log.Warn("listening beyond loopback without authentication: anyone who can reach this port can read and overwrite the backup", "addr", addr)
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln until ctx ends or Shutdown is called; it
+// then stops accepting, lets every in-flight request finish, and returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return errors.New("server is shut down")
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.log.Info("backup server listening", "addr", ln.Addr().String())
+
+	stop := context.AfterFunc(ctx, func() { s.Shutdown(context.Background()) })
+	defer stop()
+
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.shutdown:
+				s.wg.Wait()
+				return nil
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if !s.track(c) {
+			c.Close()
+			continue
+		}
+	}
+}
+
+// Shutdown stops accepting, interrupts idle connections, waits for in-flight
+// appends to be acknowledged (and for compactions), then returns. When ctx
+// ends first, the remaining work is cancelled.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		close(s.shutdown)
+		for ln := range s.listeners {
+			ln.Close()
+		}
+		for c := range s.conns {
+			c.interrupt()
+		}
+		s.mu.Unlock()
+		s.log.Info("shutting down: finishing in-flight requests")
+	})
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (s *Server) track(nc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+		// A writer whose host died must not hold the writer role for hours.
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
+	}
+	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c.wr = wire.NewWriter(deadlineWriter{nc, s.cfg.WriteTimeout})
+	c.wr.TempDir = s.cfg.Limits.TempDir
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.m.connections.Inc()
+	s.m.connectionsTotal.Inc()
+	go c.serve()
+	return true
+}
+
+// deadlineWriter bounds every write to a client.
+type deadlineWriter struct {
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.nc.Write(p)
+}
+
+// conn is one client connection.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	remote string
+	wmu    sync.Mutex // the compaction goroutine writes too
+	wr     *wire.Writer
+	busy   atomic.Bool // inside a request: shutdown lets it finish
+}
+
+// interrupt unblocks a connection waiting for its next request; one busy
+// with a request notices the shutdown when it is done.
+func (c *conn) interrupt() {
+	if !c.busy.Load() {
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+func (c *conn) closing() bool {
+	select {
+	case <-c.s.shutdown:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *conn) serve() {
+	s := c.s
+	log := s.log.With("remote", c.remote)
+	log.Debug("connection opened")
+	rd := wire.NewReader(c.nc, s.cfg.Limits)
+	defer func() {
+		rd.Close()
+		c.nc.Close()
+		s.mu.Lock()
+		if s.writer == c {
+			s.writer = nil
+			log.Info("writer disconnected")
+		}
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.m.connections.Dec()
+		s.wg.Done()
+	}()
+	for !c.closing() {
+		c.busy.Store(false)
+		if c.closing() { // Shutdown may have run between the check and Store
+			return
+		}
+		p, err := rd.Next()
+		c.busy.Store(true)
+		if err != nil {
+			switch {
+			case err == io.EOF:
+				log.Debug("connection closed by client")
+			case c.closing():
+				log.Debug("connection closed for shutdown")
+			case errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge):
+				s.m.refusals.WithLabelValues("malformed").Inc()
+				log.Warn("closing connection: bad packet", "err", err)
+			default:
+				log.Info("connection lost", "err", err)
+			}
+			return
+		}
+		if err := c.handle(p, log); err != nil {
+			log.Info("closing connection", "err", err)
+			return
+		}
+	}
+}
+
+// head is the backup's current head version, sent in ACK and NACK.
+func (s *Server) head() uint32 { return s.b.Metadata().Version }
+
+// claimWriter makes c the writer if there is none.
+func (s *Server) claimWriter(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.writer == nil {
+		s.writer = c
+		s.log.Info("writer connected", "remote", c.remote)
+	}
+	return s.writer == c
+}
+
+func (c *conn) send(f func(w *wire.Writer) error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return f(c.wr)
+}
+
+func (c *conn) nack(reason string, log *slog.Logger, args ...any) error {
+	c.s.m.refusals.WithLabelValues(reason).Inc()
+	v := c.s.head()
+	log.Warn("refused", append([]any{"reason", reason, "head", v}, args...)...)
+	return c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeNack, v) })
+}
+
+// handle answers one request. An error closes the connection.
+func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
+	s := c.s
+	switch p.Type {
+	case wire.TypeChange, wire.TypeSnapshot:
+		start := time.Now()
+		kind := "change"
+		if p.Type == wire.TypeSnapshot {
+			kind = "snapshot"
+		}
+		s.m.received.WithLabelValues(kind).Inc()
+		s.m.bytes.Add(float64(p.Len) + wire.HeaderLen)
+		if !s.claimWriter(c) {
+			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup")
+		}
+		if err := lnvault.CheckNext(s.b.Metadata(), p.Version); err != nil {
+			return c.nack("version", log, "version", p.Version, "err", err)
+		}
+		if err := s.b.Append(s.ctx, p.Change); err != nil {
+			log.Error("storing change failed", "version", p.Version, "err", err)
+			return c.nack("store_failed", log, "version", p.Version)
+		}
+		if err := c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeAck, p.Version) }); err != nil {
+			return err
+		}
+		s.m.ackLatency.Observe(time.Since(start).Seconds())
+		log.Debug("stored", "kind", kind, "version", p.Version)
+	case wire.TypeRewind:
+		if !s.claimWriter(c) {
+			return c.nack("second_writer", log, "rewind_to", p.Version)
+		}
+		m := s.b.Metadata()
+		if m.VersionCount == 0 || p.Version != m.PrevVersion {
+			return c.nack("rewind", log, "rewind_to", p.Version, "prev_version", m.PrevVersion)
+		}
+		if err := s.b.Rewind(s.ctx); err != nil {
+			log.Error("rewind failed", "err", err)
+			return c.nack("rewind", log, "rewind_to", p.Version)
+		}
+		log.Info("rewound", "version", s.head())
+		return c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeAck, s.head()) })
+	case wire.TypeReqMetadata:
+		m := s.b.Metadata()
+		return c.send(func(w *wire.Writer) error { return w.WriteMetadata(m) })
+	case wire.TypeRestore:
+		return c.restore(log)
+	case wire.TypeCompact:
+		if !s.claimWriter(c) {
+			return c.nack("second_writer", log, "request", "COMPACT")
+		}
+		s.mu.Lock()
+		busy := s.compacting
+		s.compacting = true
+		s.mu.Unlock()
+		if busy {
+			return c.nack("compacting", log, "detail", "a compaction is already running")
+		}
+		// Compact runs beside Append: the writer keeps being served.
+		s.wg.Add(1)
+		go c.compact(log)
+	case wire.TypeAck, wire.TypeNack, wire.TypeMetadata, wire.TypeCompactRes, wire.TypeDone:
+		// Clients may acknowledge restored changes; nothing to do.
+	}
+	return nil
+}
+
+func (c *conn) compact(log *slog.Logger) {
+	s := c.s
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		s.compacting = false
+		s.mu.Unlock()
+	}()
+	log.Info("compaction started")
+	start := time.Now()
+	st, err := s.b.Compact(s.ctx)
+	if err != nil {
+		log.Error("compaction failed", "err", err)
+		if err := c.nack("compact_failed", log); err != nil {
+			c.nc.Close()
+		}
+		return
+	}
+	log.Info("compaction done", "before_bytes", st.Before.BackupSize, "after_bytes", st.After.BackupSize,
+		"before_changes", st.Before.VersionCount, "after_changes", st.After.VersionCount, "took", time.Since(start))
+	if err := c.send(func(w *wire.Writer) error { return w.WriteCompactResult(st) }); err != nil {
+		c.nc.Close()
+	}
+}
+
+// restore streams the backup: CHANGE/SNAPSHOT packets, then DONE. A failure
+// mid-way is reported with a NACK (the reference client then stops with an
+// error) rather than a DONE that would look like a complete backup.
+func (c *conn) restore(log *slog.Logger) error {
+	s := c.s
+	log.Info("restore requested")
+	var n int
+	err := s.b.Stream(s.ctx, 0, func(ch *lnvault.Change) error {
+		if c.closing() {
+			return errors.New("server shutting down")
+		}
+		n++
+		return c.send(func(w *wire.Writer) error { return w.WriteChange(ch) })
+	})
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) {
+			return fmt.Errorf("restore aborted after %d changes: %w", n, err)
+		}
+		log.Error("restore failed", "changes_sent", n, "err", err)
+		if err := c.nack("restore_failed", log); err != nil {
+			return err
+		}
+		return nil
+	}
+	log.Info("restore sent", "changes", n)
+	return c.send(func(w *wire.Writer) error { return w.WriteEmpty(wire.TypeDone) })
+}

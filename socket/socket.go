@@ -1,0 +1,524 @@
+// Package socket is the socket: backend: it stores a backup on a remote
+// backup server (`lnvault server`, or the reference Python server) over the
+// documented TCP protocol (package wire). A change is reported durable only
+// once the server's ACK for its version has arrived.
+package socket
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/wire"
+	"golang.org/x/net/proxy"
+)
+
+func init() {
+	lnvault.Register("socket", func(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
+		return Open(ctx, rawURL, opts)
+	})
+}
+
+// ErrRefused wraps a NACK from the server.
+var ErrRefused = errors.New("refused by the backup server")
+
+// Backend is a backup on a remote server. Append, Rewind, Compact and Status
+// share one connection, one request at a time; Stream opens its own so that a
+// restore can run while changes are appended.
+type Backend struct {
+	url  string
+	cfg  Config
+	opts lnvault.OpenOptions
+	log  *slog.Logger
+
+	mu   sync.Mutex // one request/answer at a time on conn
+	conn net.Conn
+	rd   *wire.Reader
+	wr   *wire.Writer
+	// rewound: the last operation was a rewind (a second is refused locally).
+	rewound bool
+
+	metaMu sync.Mutex
+	meta   lnvault.Metadata
+	closed bool
+}
+
+var _ lnvault.Backend = (*Backend)(nil)
+
+// Open connects to the server of rawURL and asks for its metadata. With
+// opts.Create, a server whose backup already holds changes is ErrExists.
+func Open(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (*Backend, error) {
+	cfg, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{url: rawURL, cfg: cfg, opts: opts, log: opts.Log().With("backend", "socket", "server", cfg.Addr())}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m, err := b.connectLocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Create && m.VersionCount > 0 {
+		b.dropLocked()
+		return nil, fmt.Errorf("%w: the server at %s already holds %d changes (version %d)", lnvault.ErrExists, cfg.Addr(), m.VersionCount, m.Version)
+	}
+	b.setMeta(m)
+	return b, nil
+}
+
+// Config returns the parsed URL.
+func (b *Backend) Config() Config { return b.cfg }
+
+func (b *Backend) setMeta(m lnvault.Metadata) {
+	b.metaMu.Lock()
+	b.meta = m
+	b.metaMu.Unlock()
+}
+
+// Metadata is the server's head as of the last answer.
+func (b *Backend) Metadata() lnvault.Metadata {
+	b.metaMu.Lock()
+	defer b.metaMu.Unlock()
+	return b.meta
+}
+
+// dial opens a TCP connection, through the SOCKS5 proxy if configured.
+func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout)
+	defer cancel()
+	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}}
+	var c net.Conn
+	var err error
+	if b.cfg.Proxy != "" {
+		// The proxy resolves host names itself (needed for .onion).
+		var pd proxy.Dialer
+		pd, err = proxy.SOCKS5("tcp", b.cfg.Proxy, nil, d)
+		if err == nil {
+			c, err = pd.(proxy.ContextDialer).DialContext(ctx, "tcp", b.cfg.Addr())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("connecting to backup server %s through SOCKS5 proxy %s: %w", b.cfg.Addr(), b.cfg.Proxy, err)
+		}
+	} else {
+		c, err = d.DialContext(ctx, "tcp", b.cfg.Addr())
+		if err != nil {
+			return nil, fmt.Errorf("connecting to backup server %s: %w", b.cfg.Addr(), err)
+		}
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true) // every packet waits for an answer: never batch
+	}
+	return c, nil
+}
+
+// connectLocked dials and exchanges REQ_METADATA.
+func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
+	b.dropLocked()
+	c, err := b.dial(ctx)
+	if err != nil {
+		return lnvault.Metadata{}, err
+	}
+	b.conn = c
+	if b.rd == nil {
+		b.rd = wire.NewReader(c, wire.Limits{})
+		b.wr = wire.NewWriter(c)
+	} else {
+		b.rd.Reset(c)
+		b.wr.Reset(c)
+	}
+	m, err := b.requestMetadataLocked(ctx)
+	if err != nil {
+		b.dropLocked()
+		return m, err
+	}
+	b.log.Debug("connected", "version", m.Version, "prev_version", m.PrevVersion, "version_count", m.VersionCount)
+	return m, nil
+}
+
+func (b *Backend) dropLocked() {
+	if b.conn != nil {
+		b.conn.Close()
+		b.conn = nil
+	}
+}
+
+func (b *Backend) requestMetadataLocked(ctx context.Context) (lnvault.Metadata, error) {
+	p, err := b.roundTrip(ctx, b.cfg.Timeout, "REQ_METADATA", func() error { return b.wr.WriteEmpty(wire.TypeReqMetadata) })
+	if err != nil {
+		return lnvault.Metadata{}, err
+	}
+	if p.Type != wire.TypeMetadata {
+		return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
+	}
+	if p.Protocol != wire.Protocol {
+		return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s speaks protocol %d, lnvault speaks %d", b.cfg.Addr(), p.Protocol, wire.Protocol)}
+	}
+	return p.Meta, nil
+}
+
+// protocolError: the server answered, but not as the protocol says. Not
+// retried: reconnecting would not make it right.
+type protocolError struct{ msg string }
+
+func (e *protocolError) Error() string { return e.msg }
+
+// roundTrip sends one packet and reads the answer, both bounded by timeout
+// and ctx. Network errors are returned as *netError (retryable).
+func (b *Backend) roundTrip(ctx context.Context, timeout time.Duration, what string, send func() error) (wire.Packet, error) {
+	c := b.conn
+	if ctx.Done() != nil {
+		// Unblock the read/write if ctx ends first.
+		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
+	c.SetWriteDeadline(time.Now().Add(b.cfg.Timeout))
+	if err := send(); err != nil {
+		if errors.Is(err, wire.ErrTooLarge) || !isNetErr(err) {
+			return wire.Packet{}, err
+		}
+		return wire.Packet{}, b.netErr(ctx, what, "sending", timeout, err)
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	p, err := b.rd.Next()
+	if err != nil {
+		if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
+			return p, &protocolError{fmt.Sprintf("backup server %s answered %s with a bad packet: %v", b.cfg.Addr(), what, err)}
+		}
+		return p, b.netErr(ctx, what, "waiting for the answer to", timeout, err)
+	}
+	return p, nil
+}
+
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
+// netError is a lost or silent connection: worth a reconnection.
+type netError struct{ err error }
+
+func (e *netError) Error() string { return e.err.Error() }
+func (e *netError) Unwrap() error { return e.err }
+
+func (b *Backend) netErr(ctx context.Context, what, doing string, timeout time.Duration, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s %s on backup server %s: %w", doing, what, b.cfg.Addr(), ctx.Err())
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &netError{fmt.Errorf("backup server %s did not answer %s within %v (timeout= in the URL): %w", b.cfg.Addr(), what, timeout, err)}
+	}
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return &netError{fmt.Errorf("connection to backup server %s lost %s %s: %w", b.cfg.Addr(), doing, what, err)}
+}
+
+// Append sends c and returns once the server has acknowledged its version.
+// A lost connection is retried as the reference client does: reconnect,
+// REQ_METADATA, and either the change is already stored (the server's head is
+// c's version and its count moved by one) or it is sent again.
+func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
+	if b.opts.ReadOnly {
+		return errors.New("socket backend opened read-only: cannot append")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	base := b.Metadata()
+	what := fmt.Sprintf("change version %d", c.Version)
+	err := b.withRetry(ctx, what, base, func(m lnvault.Metadata) bool {
+		return m.Version == c.Version && m.VersionCount == base.VersionCount+1
+	}, func() error {
+		p, err := b.roundTrip(ctx, b.cfg.Timeout, what, func() error { return b.wr.WriteChange(c) })
+		if err != nil {
+			return err
+		}
+		return b.expectAck(p, what, c.Version)
+	})
+	if err != nil {
+		return err
+	}
+	b.rewound = false
+	b.setMeta(lnvault.Metadata{Version: c.Version, PrevVersion: base.Version, VersionCount: base.VersionCount + 1})
+	return nil
+}
+
+func (b *Backend) expectAck(p wire.Packet, what string, version uint32) error {
+	switch {
+	case p.Type == wire.TypeAck && p.Version == version:
+		return nil
+	case p.Type == wire.TypeAck:
+		return &protocolError{fmt.Sprintf("backup server %s acknowledged version %d for %s", b.cfg.Addr(), p.Version, what)}
+	case p.Type == wire.TypeNack && p.HasVersion:
+		return fmt.Errorf("%w: %s (the server's backup is at version %d; is another node writing to it, or does the version not follow?)", ErrRefused, what, p.Version)
+	case p.Type == wire.TypeNack:
+		return fmt.Errorf("%w: %s", ErrRefused, what)
+	}
+	return &protocolError{fmt.Sprintf("backup server %s answered %s with %v", b.cfg.Addr(), what, p.Type)}
+}
+
+// withRetry runs op on the connection, reconnecting on network errors. After
+// a reconnection, stored tells from the server's metadata whether op already
+// took effect; otherwise the metadata must still be base for op to be redone.
+func (b *Backend) withRetry(ctx context.Context, what string, base lnvault.Metadata, stored func(lnvault.Metadata) bool, op func() error) error {
+	delay := b.cfg.RetryDelay
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		err := func() error {
+			if b.conn == nil {
+				m, err := b.connectLocked(ctx)
+				if err != nil {
+					return err
+				}
+				switch {
+				case attempt > 0 && stored(m):
+					b.log.Info("after reconnecting, the server already holds "+what, "version", m.Version, "version_count", m.VersionCount)
+					return errAlreadyStored
+				case m != base:
+					b.dropLocked()
+					return fmt.Errorf("backup server %s is at version %d (previous %d, %d changes) but this client expected version %d (%d changes): another writer may have used it; refusing to send %s",
+						b.cfg.Addr(), m.Version, m.PrevVersion, m.VersionCount, base.Version, base.VersionCount, what)
+				}
+			}
+			return op()
+		}()
+		if err == nil || err == errAlreadyStored {
+			return nil
+		}
+		var ne *netError
+		var dialFailed bool
+		if !errors.As(err, &ne) {
+			// A failed dial is worth retrying too; everything else is final.
+			var oe *net.OpError
+			dialFailed = errors.As(err, &oe) || isNetErr(err)
+			if !dialFailed || ctx.Err() != nil {
+				if _, ok := err.(*protocolError); ok {
+					b.dropLocked()
+				}
+				return err
+			}
+		}
+		b.dropLocked()
+		lastErr = err
+		if attempt >= b.cfg.Retries || ctx.Err() != nil {
+			if attempt == 0 {
+				return lastErr
+			}
+			return fmt.Errorf("%s not acknowledged after %d reconnection attempts: %w", what, attempt, lastErr)
+		}
+		b.log.Warn("connection to backup server lost, reconnecting", "what", what, "attempt", attempt+1, "of", b.cfg.Retries, "delay", delay, "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s: %w (after: %v)", what, ctx.Err(), lastErr)
+		case <-t.C:
+		}
+		delay = time.Duration(float64(delay) * retryBackoff)
+	}
+}
+
+var errAlreadyStored = errors.New("already stored")
+
+// Rewind asks the server to drop its last change (REWIND carries the version
+// to go back to: the head's prev_version).
+func (b *Backend) Rewind(ctx context.Context) error {
+	if b.opts.ReadOnly {
+		return errors.New("socket backend opened read-only: cannot rewind")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rewound {
+		return lnvault.ErrRewindTwice
+	}
+	base := b.Metadata()
+	if base.VersionCount == 0 {
+		return errors.New("cannot rewind: the backup is empty")
+	}
+	what := fmt.Sprintf("rewind to version %d", base.PrevVersion)
+	err := b.withRetry(ctx, what, base, func(m lnvault.Metadata) bool {
+		return m.Version == base.PrevVersion && m != base
+	}, func() error {
+		p, err := b.roundTrip(ctx, b.cfg.Timeout, what, func() error { return b.wr.WriteVersion(wire.TypeRewind, base.PrevVersion) })
+		if err != nil {
+			return err
+		}
+		return b.expectAck(p, what, base.PrevVersion)
+	})
+	if err != nil {
+		return err
+	}
+	b.rewound = true
+	// The new prev_version is only known to the server.
+	if m, err := b.refreshLocked(ctx); err == nil {
+		b.setMeta(m)
+	} else {
+		b.setMeta(lnvault.Metadata{Version: base.PrevVersion, VersionCount: base.VersionCount - 1})
+	}
+	return nil
+}
+
+func (b *Backend) refreshLocked(ctx context.Context) (lnvault.Metadata, error) {
+	if b.conn == nil {
+		return b.connectLocked(ctx)
+	}
+	m, err := b.requestMetadataLocked(ctx)
+	if err != nil {
+		b.dropLocked()
+	}
+	return m, err
+}
+
+// Status asks the server for its metadata. Records and Size are not part of
+// the protocol: Records is the version count, Size is 0 (unknown).
+func (b *Backend) Status(ctx context.Context) (lnvault.Status, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m, err := b.refreshLocked(ctx)
+	if err != nil {
+		return lnvault.Status{}, err
+	}
+	if !b.opts.ReadOnly && m != b.Metadata() {
+		b.log.Warn("the server's metadata moved without this client", "server", m, "client", b.Metadata())
+	}
+	if b.opts.ReadOnly {
+		b.setMeta(m)
+	}
+	return lnvault.Status{URL: b.url, Format: "socket", Metadata: m, Records: int64(m.VersionCount)}, nil
+}
+
+// Compact asks the server to compact its backup (on the writer connection:
+// the server lets only one connection modify a backup). Appends wait until
+// the server answers.
+func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
+	if b.opts.ReadOnly {
+		return lnvault.CompactStats{}, errors.New("socket backend opened read-only: cannot compact")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.conn == nil {
+		m, err := b.connectLocked(ctx)
+		if err != nil {
+			return lnvault.CompactStats{}, err
+		}
+		b.setMeta(m)
+	}
+	p, err := b.roundTrip(ctx, b.cfg.CompactTimeout, "COMPACT", func() error { return b.wr.WriteEmpty(wire.TypeCompact) })
+	if err != nil {
+		b.dropLocked()
+		return lnvault.CompactStats{}, err
+	}
+	switch p.Type {
+	case wire.TypeCompactRes:
+		return p.Stats, nil
+	case wire.TypeNack:
+		return lnvault.CompactStats{}, fmt.Errorf("%w: compaction failed on backup server %s (see the server's log)", ErrRefused, b.cfg.Addr())
+	}
+	b.dropLocked()
+	return lnvault.CompactStats{}, &protocolError{fmt.Sprintf("backup server %s answered COMPACT with %v", b.cfg.Addr(), p.Type)}
+}
+
+// idleConn renews the read deadline before every read, so a long restore
+// fails only when the server goes silent, not when it is merely large.
+type idleConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c idleConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(p)
+}
+
+// Stream restores over a connection of its own: RESTORE, then CHANGE and
+// SNAPSHOT packets until DONE. Changes before from are skipped here (the
+// protocol always streams everything). The stream must end at the server's
+// head version as of its start (or later: a writer may append meanwhile),
+// or it is an error.
+func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	conn, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
+	ic := idleConn{conn, b.cfg.Timeout}
+	rd := wire.NewReader(ic, wire.Limits{})
+	defer rd.Close()
+	wr := wire.NewWriter(conn)
+	conn.SetWriteDeadline(time.Now().Add(b.cfg.Timeout))
+	if err := wr.WriteEmpty(wire.TypeReqMetadata); err != nil {
+		return b.netErr(ctx, "REQ_METADATA", "sending", b.cfg.Timeout, err)
+	}
+	p, err := rd.Next()
+	if err != nil {
+		return b.netErr(ctx, "REQ_METADATA", "waiting for the answer to", b.cfg.Timeout, err)
+	}
+	if p.Type != wire.TypeMetadata {
+		return &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
+	}
+	head := p.Meta
+	if err := wr.WriteEmpty(wire.TypeRestore); err != nil {
+		return b.netErr(ctx, "RESTORE", "sending", b.cfg.Timeout, err)
+	}
+	started := from == 0
+	var last uint32
+	var n uint64
+	for {
+		p, err := rd.Next()
+		if err != nil {
+			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
+				return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, err)
+			}
+			return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, b.netErr(ctx, "RESTORE", "reading the answer to", b.cfg.Timeout, err))
+		}
+		switch p.Type {
+		case wire.TypeChange, wire.TypeSnapshot:
+			n++
+			if n > 1 && p.Version != last && p.Version != last+1 && p.Type == wire.TypeChange {
+				return &lnvault.CorruptError{Offset: -1, Version: last, Reason: fmt.Sprintf("the server's restore stream jumps from version %d to %d", last, p.Version)}
+			}
+			last = p.Version
+			if !started && p.Version >= from {
+				started = true
+			}
+			if !started {
+				continue
+			}
+			if err := fn(p.Change); err != nil {
+				if errors.Is(err, lnvault.ErrStop) {
+					return nil
+				}
+				return err
+			}
+		case wire.TypeDone:
+			if n > 0 && last < head.Version || n == 0 && head.VersionCount > 0 {
+				return &lnvault.CorruptError{Offset: -1, Version: last, Reason: fmt.Sprintf("the server's restore stream ended at version %d but its head is version %d", last, head.Version)}
+			}
+			return nil
+		case wire.TypeNack:
+			return fmt.Errorf("%w: the backup server %s could not stream its backup after %d changes (see the server's log)", ErrRefused, b.cfg.Addr(), n)
+		default:
+			return &protocolError{fmt.Sprintf("backup server %s sent %v during a restore", b.cfg.Addr(), p.Type)}
+		}
+	}
+}
+
+// Close closes the connection.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropLocked()
+	b.closed = true
+	return nil
+}

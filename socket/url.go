@@ -1,0 +1,155 @@
+package socket
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of the URL's optional parameters.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultTimeout        = 30 * time.Second
+	DefaultCompactTimeout = 30 * time.Minute
+	DefaultRetries        = 5
+	DefaultRetryDelay     = 2 * time.Second
+	retryBackoff          = 1.5
+)
+
+// Config is what a socket: URL says.
+//
+//	socket:HOST:PORT[?PARAM=VALUE&...]
+//
+// HOST is an IPv4 address, a bracketed IPv6 address ([::1]) or a host name.
+// Parameters:
+//
+//	proxy=socks5:HOST:PORT   connect through a SOCKS5 proxy (Tor); host names
+//	                         are resolved by the proxy, so .onion works
+//	connect_timeout=10s      TCP (and proxy) connection timeout
+//	timeout=30s              how long to wait for the server's answer (ACK,
+//	                         METADATA) and for a write to go through
+//	compact_timeout=30m      how long a remote compaction may take
+//	retries=5                reconnections tried when the connection is lost
+//	                         while sending a change (0: fail at once)
+//	retry_delay=2s           first delay between reconnections; ×1.5 each time
+type Config struct {
+	Host, Port     string
+	Proxy          string // "host:port" of a SOCKS5 proxy, "" for a direct connection
+	ConnectTimeout time.Duration
+	Timeout        time.Duration
+	CompactTimeout time.Duration
+	Retries        int
+	RetryDelay     time.Duration
+}
+
+// Addr is the server's address for net.Dial.
+func (c Config) Addr() string { return net.JoinHostPort(c.Host, c.Port) }
+
+// ParseURL parses a socket: URL. Errors name what is wrong.
+func ParseURL(raw string) (Config, error) {
+	cfg := Config{
+		ConnectTimeout: DefaultConnectTimeout, Timeout: DefaultTimeout, CompactTimeout: DefaultCompactTimeout,
+		Retries: DefaultRetries, RetryDelay: DefaultRetryDelay,
+	}
+	rest, ok := strings.CutPrefix(raw, "socket:")
+	if !ok {
+		return cfg, fmt.Errorf("backup URL %q: the socket backend needs socket:HOST:PORT", raw)
+	}
+	rest = strings.TrimPrefix(rest, "//") // tolerate socket://host:port
+	target, query, _ := strings.Cut(rest, "?")
+	var err error
+	if cfg.Host, cfg.Port, err = parseHostPort(target); err != nil {
+		return cfg, fmt.Errorf("backup URL %q: %w (expected socket:HOST:PORT, socket:[IPv6]:PORT)", raw, err)
+	}
+	if query == "" {
+		return cfg, nil
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return cfg, fmt.Errorf("backup URL %q: bad query string: %w", raw, err)
+	}
+	for key, vals := range q {
+		if len(vals) != 1 {
+			return cfg, fmt.Errorf("backup URL %q: parameter %q given %d times", raw, key, len(vals))
+		}
+		v := vals[0]
+		switch key {
+		case "proxy":
+			typ, addr, ok := strings.Cut(v, ":")
+			if !ok || typ != "socks5" {
+				return cfg, fmt.Errorf("backup URL %q: proxy=%q: only socks5:HOST:PORT is supported", raw, v)
+			}
+			h, p, err := parseHostPort(addr)
+			if err != nil {
+				return cfg, fmt.Errorf("backup URL %q: proxy=%q: %w", raw, v, err)
+			}
+			cfg.Proxy = net.JoinHostPort(h, p)
+		case "connect_timeout", "timeout", "compact_timeout", "retry_delay":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 && key != "retry_delay" || d < 0 {
+				return cfg, fmt.Errorf("backup URL %q: %s=%q is not a positive duration (e.g. 10s)", raw, key, v)
+			}
+			switch key {
+			case "connect_timeout":
+				cfg.ConnectTimeout = d
+			case "timeout":
+				cfg.Timeout = d
+			case "compact_timeout":
+				cfg.CompactTimeout = d
+			default:
+				cfg.RetryDelay = d
+			}
+		case "retries":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return cfg, fmt.Errorf("backup URL %q: retries=%q is not a count", raw, v)
+			}
+			cfg.Retries = n
+		default:
+			return cfg, fmt.Errorf("backup URL %q: unknown parameter %q (known: proxy, connect_timeout, timeout, compact_timeout, retries, retry_delay)", raw, key)
+		}
+	}
+	return cfg, nil
+}
+
+// parseHostPort splits HOST:PORT where HOST may be [IPv6].
+func parseHostPort(s string) (host, port string, err error) {
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return "", "", fmt.Errorf("unterminated [ in %q", s)
+		}
+		host = s[1:end]
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil && !strings.Contains(host, ":") {
+			return "", "", fmt.Errorf("%q is not an IPv6 address", host)
+		}
+		rest := s[end+1:]
+		if !strings.HasPrefix(rest, ":") {
+			return "", "", fmt.Errorf("port missing after %q", s[:end+1])
+		}
+		port = rest[1:]
+	} else {
+		i := strings.LastIndexByte(s, ':')
+		if i < 0 {
+			return "", "", fmt.Errorf("port missing in %q", s)
+		}
+		host, port = s[:i], s[i+1:]
+		if strings.Contains(host, ":") {
+			return "", "", fmt.Errorf("IPv6 address %q must be in brackets, as in [%s]:%s", host, host, port)
+		}
+		if host == "" {
+			return "", "", fmt.Errorf("host missing in %q", s)
+		}
+		if strings.ContainsAny(host, "/@ ") {
+			return "", "", fmt.Errorf("bad host name %q", host)
+		}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("bad port %q (1-65535)", port)
+	}
+	return host, strconv.Itoa(n), nil
+}
