@@ -19,7 +19,11 @@ func TestMain(m *testing.M) {
 		lnvault.Register("flaky", openFlaky)
 		os.Exit(backupplugin.Main(context.Background()))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if corpusTmpl.dir != "" {
+		os.RemoveAll(corpusTmpl.dir)
+	}
+	os.Exit(code)
 }
 
 // flaky:///abs/path is the file backup at /abs/path whose Append fails while

@@ -99,6 +99,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	return RunRequests(ctx, o, reqs, name)
+}
+
+// RunRequests is Run with a given workload.
+func RunRequests(ctx context.Context, o Options, reqs []corpus.Request, name string) (Result, error) {
+	if o.Early <= 0 {
+		o.Early = 1
+	}
 	tmp, err := os.MkdirTemp("", "lnvault-bench-")
 	if err != nil {
 		return Result{}, fmt.Errorf("bench needs a temp directory (set TMPDIR): %w", err)

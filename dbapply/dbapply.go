@@ -270,11 +270,19 @@ func checkConn(ctx context.Context, conn *sql.Conn, fk bool) error {
 	return rows.Err()
 }
 
+// ReadOnlyDSN is the data source name that opens the database file at path
+// read-only. The path goes into an SQLite URI, so the characters a URI gives
+// a meaning to are escaped: a directory named "a#b" must not open "a".
+func ReadOnlyDSN(path string) string {
+	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	return "file:" + r.Replace(path) + "?mode=ro"
+}
+
 func openRO(path string) (*sql.DB, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	db, err := sql.Open("sqlite", ReadOnlyDSN(path))
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package file
 
 import (
 	"bufio"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -42,7 +43,13 @@ func TestMain(m *testing.M) {
 // kills it at a random time.
 func crashChild() error {
 	ctx := context.Background()
-	reqs := corpus.MustLoad()
+	// The corpus slice comes from the parent in a simple binary file:
+	// parsing the whole JSON corpus would dominate a short-lived child.
+	first, _ := strconv.Atoi(os.Getenv("LNVAULT_CRASH_FIRST"))
+	reqs, err := readReqs(os.Getenv("LNVAULT_CRASH_REQS"), first)
+	if err != nil {
+		return err
+	}
 	next, _ := strconv.Atoi(os.Getenv("LNVAULT_CRASH_NEXT"))
 	seed, _ := strconv.ParseUint(os.Getenv("LNVAULT_CRASH_SEED"), 10, 64)
 	rng := rand.New(rand.NewPCG(seed, 7))
@@ -50,11 +57,15 @@ func crashChild() error {
 	if err != nil {
 		return err
 	}
+	var outMu sync.Mutex
 	out := bufio.NewWriter(os.Stdout)
 	say := func(s string, a ...any) {
+		outMu.Lock()
 		fmt.Fprintf(out, s+"\n", a...)
 		out.Flush()
+		outMu.Unlock()
 	}
+	say("ready")
 	if next > 0 && rng.IntN(6) == 0 {
 		say("rewinding")
 		if err := b.Rewind(ctx); err == nil {
@@ -67,7 +78,7 @@ func crashChild() error {
 	}
 	compactAt := -1
 	if rng.IntN(2) == 0 {
-		compactAt = next + rng.IntN(40)
+		compactAt = next + rng.IntN(15)
 	}
 	var wg sync.WaitGroup
 	for i := next; i < len(reqs); i++ {
@@ -82,6 +93,9 @@ func crashChild() error {
 				}
 				say("compacted")
 			}()
+		}
+		if reqs[i].Writes == nil {
+			break // past the slice the parent sent
 		}
 		if err := b.Append(ctx, reqs[i].Change()); err != nil {
 			return err
@@ -98,6 +112,9 @@ func crashChild() error {
 // more, and that it restores to a database passing integrity_check.
 func TestCrash(t *testing.T) {
 	runs := 200
+	if v, _ := strconv.Atoi(os.Getenv("LNVAULT_CRASH_RUNS")); v > 0 {
+		runs = v
+	}
 	if os.Getenv("LNVAULT_LONG") == "1" {
 		runs = 2000
 	}
@@ -115,6 +132,7 @@ func TestCrash(t *testing.T) {
 	format := 1 // alternates per backup file
 	fileNo := 0 // backups started
 	restores, compactions, killedCompacting, appended := 0, 0, 0, 0
+	var readyWait, restoreTime time.Duration
 	start := time.Now()
 	for run := 0; run < runs; run++ {
 		if url == "" || next >= len(reqs) || run%25 == 0 {
@@ -125,8 +143,14 @@ func TestCrash(t *testing.T) {
 			b.Close()
 			next = 0
 		}
+		lo, hi := max(0, next-1), min(len(reqs), next+400)
+		reqFile := filepath.Join(dir, "reqs.bin")
+		if err := writeReqs(reqFile, reqs[lo:hi]); err != nil {
+			t.Fatal(err)
+		}
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"=1", "LNVAULT_CRASH_URL="+url,
+			"LNVAULT_CRASH_REQS="+reqFile, "LNVAULT_CRASH_FIRST="+strconv.Itoa(lo),
 			"LNVAULT_CRASH_NEXT="+strconv.Itoa(next), "LNVAULT_CRASH_SEED="+strconv.FormatUint(rng.Uint64(), 10))
 		stdout, _ := cmd.StdoutPipe()
 		var stderr strings.Builder
@@ -135,19 +159,34 @@ func TestCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := make(chan []string, 1)
+		ready := make(chan struct{})
 		go func() {
 			var l []string
 			sc := bufio.NewScanner(stdout)
 			for sc.Scan() {
+				if sc.Text() == "ready" {
+					close(ready)
+				}
 				l = append(l, sc.Text())
 			}
 			lines <- l
 		}()
-		delay := time.Duration(rng.IntN(120)) * time.Millisecond
-		if raceEnabled {
-			delay += 100 * time.Millisecond // the child starts slower
+		t0 := time.Now()
+		select {
+		case <-ready:
+			readyWait += time.Since(t0)
+		case <-time.After(20 * time.Second):
 		}
-		time.Sleep(delay)
+		// Kill 0-60 ms into the child's work (a few to a few dozen
+		// appends), one run in five later so that compactions also finish.
+		d := time.Duration(rng.IntN(60_000)) * time.Microsecond
+		if rng.IntN(5) == 0 {
+			d = time.Duration(rng.IntN(400)) * time.Millisecond
+			if raceEnabled {
+				d *= 3
+			}
+		}
+		time.Sleep(d)
 		cmd.Process.Signal(syscall.SIGKILL)
 		out := <-lines
 		werr := cmd.Wait()
@@ -179,13 +218,17 @@ func TestCrash(t *testing.T) {
 		n := checkCrashBackup(t, run, url, reqs, must)
 		appended += max(0, n-next)
 		next = n
-		if !raceEnabled || compacted || run%10 == 0 {
+		// Restoring is slow under -race; there only every 25th run and
+		// after compactions (whose snapshot makes it quick).
+		if compacted || run%25 == 24 || (!raceEnabled && run%4 == 0) {
+			t1 := time.Now()
 			restoreCheck(t, run, url)
+			restoreTime += time.Since(t1)
 			restores++
 		}
 	}
-	t.Logf("%d runs over %d backups (v1 and v2), %d changes appended, %d compactions started, %d killed while compacting, %d restores, %v",
-		runs, fileNo, appended, compactions, killedCompacting, restores, time.Since(start))
+	t.Logf("%d runs over %d backups (v1 and v2), %d changes appended, %d compactions started, %d killed while compacting, %d restores (%v), waited %v for children to start, %v in all",
+		runs, fileNo, appended, compactions, killedCompacting, restores, restoreTime, readyWait, time.Since(start))
 	if compactions == 0 || killedCompacting == 0 {
 		t.Errorf("no kill hit a compaction: the test did not exercise it")
 	}
@@ -274,4 +317,48 @@ func restoreCheck(t *testing.T, run int, url string) {
 		t.Fatalf("run %d: restored database: %v", run, err)
 	}
 	os.Remove(db)
+}
+
+// writeReqs stores requests as: u32 count, then per request u32 version,
+// u32 statement count, and per statement u32 length + bytes.
+func writeReqs(path string, reqs []corpus.Request) error {
+	var b []byte
+	b = binary.BigEndian.AppendUint32(b, uint32(len(reqs)))
+	for _, r := range reqs {
+		b = binary.BigEndian.AppendUint32(b, r.DataVersion)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(r.Writes)))
+		for _, w := range r.Writes {
+			b = binary.BigEndian.AppendUint32(b, uint32(len(w)))
+			b = append(b, w...)
+		}
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// readReqs reads what writeReqs wrote, placed at index first of a slice as
+// long as the corpus (entries outside it have nil Writes).
+func readReqs(path string, first int) ([]corpus.Request, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	be := binary.BigEndian
+	u32 := func() uint32 {
+		v := be.Uint32(data)
+		data = data[4:]
+		return v
+	}
+	n := int(u32())
+	out := make([]corpus.Request, first+n+1)
+	for i := 0; i < n; i++ {
+		r := &out[first+i]
+		r.DataVersion = u32()
+		r.Writes = make([]string, u32())
+		for j := range r.Writes {
+			l := u32()
+			r.Writes[j] = string(data[:l])
+			data = data[l:]
+		}
+	}
+	return out, nil
 }

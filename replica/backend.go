@@ -68,11 +68,14 @@ func OpenBackend(ctx context.Context, client ReplicaClient, o lnvault.OpenOption
 		return nil, err
 	}
 	g := inv.Latest()
+	exists := g != nil || inv.Created
 	switch {
-	case g == nil && !o.Create:
+	case !exists && !o.Create:
 		return nil, fmt.Errorf("%w at %s: create it first (lnvault init, or the server's --replicate creates it)", lnvault.ErrNotFound, client)
-	case g != nil && o.Create:
-		return nil, fmt.Errorf("%w at %s (generation %s): use another prefix, or open it without creating", lnvault.ErrExists, client, g.ID)
+	case exists && o.Create:
+		return nil, fmt.Errorf("%w at %s: use another prefix, or open it without creating", lnvault.ErrExists, client)
+	case o.Create && o.ReadOnly:
+		return nil, fmt.Errorf("cannot create %s read-only", client)
 	}
 	if len(inv.Unknown) > 0 {
 		b.log.Warn("replica holds objects lnvault did not write; they are ignored", "replica", client.String(), "count", len(inv.Unknown), "first", inv.Unknown[0])
@@ -80,6 +83,15 @@ func OpenBackend(ctx context.Context, client ReplicaClient, o lnvault.OpenOption
 	if !o.ReadOnly {
 		if b.lease, err = acquireLease(ctx, client, opts.LeaseTTL, b.log); err != nil {
 			return nil, err
+		}
+		if o.Create {
+			if err := client.CreateMarker(ctx); err != nil {
+				b.lease.release(ctx)
+				if errors.Is(err, ErrPrecondition) {
+					return nil, fmt.Errorf("%w at %s: another lnvault created it just now", lnvault.ErrExists, client)
+				}
+				return nil, err
+			}
 		}
 		// Look again now that no one else can write.
 		if inv, err = client.Inventory(ctx); err != nil {

@@ -126,6 +126,7 @@ func (g *Generation) Size() int64 {
 type Inventory struct {
 	Generations []*Generation // oldest first
 	Unknown     []string      // keys lnvault did not write (ignored)
+	Created     bool          // the marker object exists (a backup, maybe still empty)
 }
 
 // Latest returns the newest generation, nil if there is none.
@@ -150,6 +151,7 @@ type ReplicaClient interface {
 	ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error)
 	DeleteSegments(ctx context.Context, s []SegmentInfo) error
 	DeleteGeneration(ctx context.Context, gen string) error
+	CreateMarker(ctx context.Context) error
 	ReadLease(ctx context.Context) (Lease, string, error)
 	WriteLease(ctx context.Context, l Lease, match string) (string, error)
 }
@@ -162,7 +164,18 @@ type Lease struct {
 	Expires time.Time `json:"expires"`
 }
 
-const leaseKey = "lease.json"
+const (
+	leaseKey  = "lease.json"
+	markerKey = "lnvault.json" // written once at creation: an empty backup exists
+)
+
+// CreateMarker writes the object that says a backup exists at the prefix,
+// atomically (a conditional PUT): ErrPrecondition if it is already there.
+func (c *Client) CreateMarker(ctx context.Context) error {
+	data := fmt.Sprintf(`{"lnvault_replica":1,"created":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
+	_, err := c.Store.PutIf(ctx, markerKey, []byte(data), "")
+	return err
+}
 
 // Client implements ReplicaClient over an ObjectStore with lnvault's layout:
 //
@@ -254,6 +267,10 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	gens := map[string]*Generation{}
 	for _, o := range objs {
 		if o.Key == leaseKey {
+			continue
+		}
+		if o.Key == markerKey {
+			inv.Created = true
 			continue
 		}
 		parts := strings.Split(o.Key, "/")

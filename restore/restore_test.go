@@ -109,23 +109,28 @@ func TestRestoreCorpusLatest(t *testing.T) {
 }
 
 func TestRestoreToVersion(t *testing.T) {
-	b := corpusFake(t, 0)
-	for _, to := range []uint32{1, 2, 3, 1500} {
+	full := corpusFake(t, 2)
+	fx := fixtureFake(t, 450)
+	for _, tt := range []struct {
+		b  *fakeBackend
+		to uint32
+	}{{full, 1}, {full, 2}, {fx, 300}, {fx, 301}, {fx, 377}} {
 		t.Run("", func(t *testing.T) {
 			dir := t.TempDir()
 			dest := filepath.Join(dir, "db")
-			res, err := Restore(context.Background(), b, dest, Options{ToVersion: to})
+			res, err := Restore(context.Background(), tt.b, dest, Options{ToVersion: tt.to})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if res.Version != to {
-				t.Fatalf("version %d, want %d", res.Version, to)
+			if res.Version != tt.to {
+				t.Fatalf("version %d, want %d", res.Version, tt.to)
 			}
 			// Every change of the target version is applied, repeats
-			// included: 1, 1, 2, 2, 3 ... so version 2 is four changes.
+			// included: the corpus starts 1, 1, 2, 2, 3, so version 2 is
+			// four changes.
 			want := int64(0)
-			for _, r := range corpus.MustLoad() {
-				if r.DataVersion <= to {
+			for _, c := range tt.b.changes {
+				if c.version <= tt.to {
 					want++
 				}
 			}
@@ -133,16 +138,23 @@ func TestRestoreToVersion(t *testing.T) {
 				t.Fatalf("changes %d, want %d", res.Changes, want)
 			}
 			ref := filepath.Join(t.TempDir(), "ref")
-			replay(t, ref, to)
+			if tt.b == full {
+				replay(t, ref, tt.to)
+			} else {
+				FixtureReplay(t, ref, tt.to)
+			}
 			if got, want := dump(t, dest), dump(t, ref); got != want {
-				t.Fatalf("dump at %d differs from a direct replay", to)
+				t.Fatalf("dump at %d differs from a direct replay", tt.to)
+			}
+			if v, err := dbapply.DataVersion(context.Background(), dest); err != nil || v != tt.to {
+				t.Fatalf("data_version %d, %v", v, err)
 			}
 		})
 	}
 }
 
 func TestRestoreIntoDirectory(t *testing.T) {
-	b := corpusFake(t, 50)
+	b := fixtureFake(t, 350)
 	dir := t.TempDir()
 	res, err := Restore(context.Background(), b, dir, Options{})
 	if err != nil {
@@ -155,7 +167,7 @@ func TestRestoreIntoDirectory(t *testing.T) {
 }
 
 func TestRestoreRefusesExistingDest(t *testing.T) {
-	b := corpusFake(t, 50)
+	b := fixtureFake(t, 350)
 	dir := t.TempDir()
 	dest := filepath.Join(dir, "db")
 	if err := os.WriteFile(dest, []byte("precious"), 0o600); err != nil {
@@ -174,17 +186,17 @@ func TestRestoreRefusesExistingDest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Version != 50 {
+	if res.Version != 350 {
 		t.Fatalf("version %d", res.Version)
 	}
-	if v, _ := dbapply.DataVersion(context.Background(), dest); v != 50 {
+	if v, _ := dbapply.DataVersion(context.Background(), dest); v != 350 {
 		t.Fatalf("data_version %d after --force", v)
 	}
 	assertClean(t, dir, "db")
 }
 
 func TestRestoreStaleSideFiles(t *testing.T) {
-	b := corpusFake(t, 50)
+	b := fixtureFake(t, 350)
 	dir := t.TempDir()
 	dest := filepath.Join(dir, "db")
 	if err := os.WriteFile(dest+"-journal", []byte("stale hot journal"), 0o600); err != nil {
@@ -206,44 +218,25 @@ func TestRestoreStaleSideFiles(t *testing.T) {
 
 func TestRestoreSnapshotThenChanges(t *testing.T) {
 	ctx := context.Background()
-	// A snapshot at version 100 (as init or compaction makes), then the
-	// corpus changes after it.
-	snapPath := filepath.Join(t.TempDir(), "snap")
-	replay(t, snapPath, 100)
-	sf, err := os.Open(snapPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sf.Close()
-	st, _ := sf.Stat()
-	b := newFake()
-	if err := b.Append(ctx, lnvault.NewSnapshot(100, io.NewSectionReader(sf, 0, st.Size()))); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range corpus.MustLoad() {
-		if r.DataVersion > 100 && r.DataVersion <= 400 {
-			if err := b.Append(ctx, r.Change()); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	// A snapshot (as init or compaction makes), then changes after it.
+	b := fixtureFake(t, 400)
 	dest := filepath.Join(t.TempDir(), "db")
 	res, err := Restore(ctx, b, dest, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Version != 400 || res.Changes != 301 {
+	if res.Version != 400 || res.Changes != int64(len(b.changes)) {
 		t.Fatalf("result %+v", res)
 	}
 	ref := filepath.Join(t.TempDir(), "ref")
-	replay(t, ref, 400)
+	FixtureReplay(t, ref, 400)
 	if got, want := dump(t, dest), dump(t, ref); got != want {
 		t.Fatal("dump after snapshot + changes differs from a direct replay")
 	}
-	// Below the first snapshot: not in the log.
+	// Below the snapshot: not in the log.
 	dir := t.TempDir()
-	_, err = Restore(ctx, b, filepath.Join(dir, "db"), Options{ToVersion: 99})
-	if err == nil || !strings.Contains(err.Error(), "oldest change is version 100") {
+	_, err = Restore(ctx, b, filepath.Join(dir, "db"), Options{ToVersion: FixtureSnap - 1})
+	if err == nil || !strings.Contains(err.Error(), "oldest change is version 300") {
 		t.Fatalf("want a clear error below the snapshot, got %v", err)
 	}
 	assertClean(t, dir)
@@ -259,19 +252,19 @@ func TestRestoreErrors(t *testing.T) {
 		want  []string
 		isErr error
 	}{
-		{"above head", nil, Options{ToVersion: 5000}, []string{"5000", "latest version is 300"}, nil},
+		{"above head", nil, Options{ToVersion: 5000}, []string{"5000", "latest version is 400"}, nil},
 		{"corrupt record", func(f *fakeBackend) { f.failAt, f.failErr = 80, corrupt }, Options{}, []string{"offset 12345", "version 77", "checksum"}, lnvault.ErrCorrupt},
-		{"corrupt after target is not read", func(f *fakeBackend) { f.failAt, f.failErr = 200, corrupt }, Options{ToVersion: 10}, nil, nil},
+		{"corrupt after target is not read", func(f *fakeBackend) { f.failAt, f.failErr = 90, corrupt }, Options{ToVersion: 310}, nil, nil},
 		{"io error", func(f *fakeBackend) { f.failAt, f.failErr = 3, errors.New("disk on fire") }, Options{}, []string{"disk on fire"}, nil},
-		{"gap", func(f *fakeBackend) { f.changes = append(f.changes[:100:100], f.changes[101:]...) }, Options{}, []string{"changes are missing"}, lnvault.ErrCorrupt},
+		{"gap", func(f *fakeBackend) { f.changes = append(f.changes[:50:50], f.changes[51:]...) }, Options{}, []string{"changes are missing"}, lnvault.ErrCorrupt},
 		{"head beyond log", func(f *fakeBackend) { f.md.Version++ }, Options{}, []string{"missing changes"}, lnvault.ErrCorrupt},
 		{"data_version mismatch", func(f *fakeBackend) {
 			f.changes = append(f.changes, fakeChange{version: f.md.Version + 1, kind: lnvault.KindTransaction, stmts: []string{"UPDATE vars SET intval = 1 WHERE name = 'data_version'"}})
 			f.md.Version++
-		}, Options{}, []string{"data_version 1", "says 301"}, lnvault.ErrCorrupt},
+		}, Options{}, []string{"data_version 1", "says 401"}, lnvault.ErrCorrupt},
 		{"bad statement", func(f *fakeBackend) { f.changes[10].stmts = []string{"INSERT INTO nosuchtable VALUES (1)"} }, Options{}, []string{"nosuchtable", "lnvault verify"}, nil},
 	}
-	base := corpusFake(t, 300)
+	base := fixtureFake(t, 400)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := *base
@@ -308,7 +301,7 @@ func TestRestoreErrors(t *testing.T) {
 }
 
 func TestRestoreBadDestinations(t *testing.T) {
-	b := corpusFake(t, 5)
+	b := fixtureFake(t, 305)
 	tmp := t.TempDir()
 	file := filepath.Join(tmp, "afile")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {

@@ -134,7 +134,7 @@ func Verify(ctx context.Context, b lnvault.Backend) (VerifyReport, error) {
 // hasVars tells whether the database at path has a vars table (Core
 // Lightning's, holding data_version).
 func hasVars(ctx context.Context, path string) (bool, error) {
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	db, err := sql.Open("sqlite", dbapply.ReadOnlyDSN(path))
 	if err != nil {
 		return false, err
 	}

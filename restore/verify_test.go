@@ -13,13 +13,23 @@ import (
 )
 
 func TestVerifyCorpus(t *testing.T) {
-	b := corpusFake(t, 0)
+	b := fixtureFake(t, 500)
 	rep, err := Verify(context.Background(), b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.OK() || rep.Changes != 2994 || rep.FirstVersion != 1 || rep.LastVersion != 2992 || rep.DataVersion != 2992 || rep.Statements != 8283 {
+	stmts := int64(0)
+	for _, c := range b.changes {
+		stmts += int64(len(c.stmts))
+	}
+	if !rep.OK() || rep.Changes != int64(len(b.changes)) || rep.Snapshots != 1 || rep.FirstVersion != FixtureSnap ||
+		rep.LastVersion != 500 || rep.DataVersion != 500 || rep.Statements != stmts {
 		t.Fatalf("report %+v", rep)
+	}
+	// The migrations (repeated versions) verify too.
+	rep, err = Verify(context.Background(), corpusFake(t, 5))
+	if err != nil || rep.LastVersion != 5 || rep.FirstVersion != 1 || rep.Snapshots != 0 {
+		t.Fatalf("report %+v, %v", rep, err)
 	}
 }
 
@@ -38,9 +48,9 @@ func TestVerifyProblems(t *testing.T) {
 		want   []string
 		offset int64 // of the *CorruptError found by errors.As; -2: none expected
 	}{
-		{"corrupt record", func(f *fakeBackend) { f.failAt, f.failErr = 250, corrupt }, []string{"offset 4242", "version 300"}, 4242},
-		{"gap", func(f *fakeBackend) { f.changes = append(f.changes[:200:200], f.changes[201:]...) }, []string{"changes are missing"}, -1},
-		{"head beyond log", func(f *fakeBackend) { f.md.Version += 3 }, []string{"missing changes", "303"}, -1},
+		{"corrupt record", func(f *fakeBackend) { f.failAt, f.failErr = 50, corrupt }, []string{"offset 4242", "version 300"}, 4242},
+		{"gap", func(f *fakeBackend) { f.changes = append(f.changes[:30:30], f.changes[31:]...) }, []string{"changes are missing"}, -1},
+		{"head beyond log", func(f *fakeBackend) { f.md.Version += 3 }, []string{"missing changes", "403"}, -1},
 		{"bad statement", func(f *fakeBackend) { f.changes[20].stmts = []string{"DELETE FROM nosuchtable"} }, []string{"nosuchtable"}, -1},
 		{"foreign key violation", func(f *fakeBackend) {
 			// A snapshot taken with foreign keys off can hold a dangling
@@ -50,7 +60,7 @@ func TestVerifyProblems(t *testing.T) {
 			f.md = lnvault.Metadata{Version: 7, VersionCount: 1}
 		}, []string{"foreign_key_check", "version 7"}, -1},
 	}
-	base := corpusFake(t, 300)
+	base := fixtureFake(t, 400)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := *base
@@ -107,7 +117,7 @@ func fkViolationDB(t *testing.T) []byte {
 }
 
 func TestVerifyIOErrorIsNotCorrupt(t *testing.T) {
-	f := corpusFake(t, 30)
+	f := fixtureFake(t, 330)
 	f.failAt, f.failErr = 5, errors.New("connection reset")
 	_, err := Verify(context.Background(), f)
 	if err == nil || errors.Is(err, lnvault.ErrCorrupt) || !strings.Contains(err.Error(), "connection reset") {

@@ -80,7 +80,7 @@ func TestWatchShipsOnlyWholeVersions(t *testing.T) {
 			st, _ := OpenDir(filepath.Join(dir, "dest"), StoreOptions{})
 			k, err := New(Config{
 				Kind:     KindLNDMulti,
-				Source:   &FileSource{Path: path, Kind: KindLNDMulti, Settle: 150 * time.Millisecond},
+				Source:   &FileSource{Path: path, Kind: KindLNDMulti, Settle: 300 * time.Millisecond},
 				Swappers: []Swapper{&StoreSwapper{Store: st}},
 				// A short debounce and MaxDelay make fetches happen while the
 				// writer is mid-file: the source's checks must hold alone.

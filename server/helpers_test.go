@@ -239,3 +239,62 @@ func waitListening(t testing.TB, addr string, p *serverProc) {
 	}
 	t.Fatalf("server on %s never listened; stderr:\n%s", addr, p.stderr.String())
 }
+
+var (
+	prefixMu     sync.Mutex
+	prefixHashes = map[int]string{}
+)
+
+// prefixHash is the dump hash of the first n corpus changes applied directly.
+func prefixHash(t testing.TB, n int) string {
+	t.Helper()
+	prefixMu.Lock()
+	defer prefixMu.Unlock()
+	if h, ok := prefixHashes[n]; ok {
+		return h
+	}
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "direct.sqlite3")
+	a, err := dbapply.Create(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range corpusChanges(t)[:n] {
+		if err := a.Apply(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h, err := dumphash.Of(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefixHashes[n] = h
+	return h
+}
+
+// checkExact asserts that b streams exactly changes, in order: nothing lost,
+// nothing duplicated.
+func checkExact(t testing.TB, b lnvault.Backend, changes []*lnvault.Change) {
+	t.Helper()
+	i := 0
+	err := b.Stream(context.Background(), 0, func(c *lnvault.Change) error {
+		if i >= len(changes) {
+			return fmt.Errorf("extra change version %d after the %d expected", c.Version, len(changes))
+		}
+		w := changes[i]
+		if c.Version != w.Version || c.Kind != w.Kind || strings.Join(c.Statements, "\x00") != strings.Join(w.Statements, "\x00") {
+			return fmt.Errorf("change %d: got version %d (%d statements), want version %d (%d statements)", i, c.Version, len(c.Statements), w.Version, len(w.Statements))
+		}
+		i++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i != len(changes) {
+		t.Fatalf("streamed %d changes, want %d", i, len(changes))
+	}
+}

@@ -272,6 +272,9 @@ func (b *Backend) withRetry(ctx context.Context, what string, base lnvault.Metad
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		err := func() error {
+			if b.closed {
+				return errors.New("socket backend is closed")
+			}
 			if b.conn == nil {
 				m, err := b.connectLocked(ctx)
 				if err != nil {

@@ -69,3 +69,19 @@ func TestParseURL(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseURL: any input gives a config or an error naming the URL, never
+// a panic, and an accepted URL has a dialable address.
+func FuzzParseURL(f *testing.F) {
+	f.Add("socket:127.0.0.1:8700")
+	f.Add("socket:[::1]:1234?proxy=socks5:127.0.0.1:9050&timeout=5s")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseURL(s)
+		if err != nil {
+			return
+		}
+		if c.Host == "" || c.Port == "" || c.Timeout <= 0 || c.ConnectTimeout <= 0 {
+			t.Fatalf("accepted %q as %+v", s, c)
+		}
+	})
+}

@@ -37,7 +37,7 @@ var offsetVersionRE = regexp.MustCompile(`offset (\d+)`)
 func TestCLICorruptBackup(t *testing.T) {
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "orig.dbak")
-	writeBackup(t, orig, 2, 0)
+	corpusBackup(t, 2, orig)
 	pristine, err := os.ReadFile(orig)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/lnvault/lnvault"
@@ -25,15 +26,23 @@ import (
 // of this package may use runCLI too.
 var lnvaultBin string
 
+// testDir is removed after all tests; it holds the binary and the cached
+// corpus backups.
+var testDir string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "lnvault-cli-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	testDir = dir
 	lnvaultBin = filepath.Join(dir, "lnvault")
 	args := []string{"build", "-o", lnvaultBin}
-	if raceEnabled {
+	// The race detector makes SQLite (transpiled C) many times slower; the
+	// code the binary runs is race-tested in its own packages, so the
+	// subprocess gets -race only in long runs.
+	if raceEnabled && os.Getenv("LNVAULT_LONG") == "1" {
 		args = append(args, "-race")
 	}
 	build := exec.Command("go", append(args, ".")...)
@@ -137,6 +146,28 @@ func writeBackup(t *testing.T, path string, format int, cut uint32) string {
 	return url
 }
 
+var (
+	corpusMu      sync.Mutex
+	corpusBackups = map[int]string{}
+)
+
+// corpusBackup returns a copy, at dst, of a file backup (of the given format)
+// holding the whole corpus. The pristine file is written once per test
+// binary: appending 2994 changes with an fsync each is slow.
+func corpusBackup(t *testing.T, format int, dst string) string {
+	t.Helper()
+	corpusMu.Lock()
+	src, ok := corpusBackups[format]
+	if !ok {
+		src = filepath.Join(testDir, fmt.Sprintf("corpus-v%d.dbak", format))
+		writeBackup(t, src, format, 0)
+		corpusBackups[format] = src
+	}
+	corpusMu.Unlock()
+	copyFile(t, src, dst)
+	return "file://" + dst
+}
+
 // replayCorpus applies the corpus up to cut directly with dbapply.
 func replayCorpus(t *testing.T, path string, cut uint32) {
 	t.Helper()
@@ -181,7 +212,7 @@ func TestAcceptanceRestoreCorpus(t *testing.T) {
 	for _, format := range []int{1, 2} {
 		t.Run(fmt.Sprintf("v%d", format), func(t *testing.T) {
 			dir := t.TempDir()
-			url := writeBackup(t, filepath.Join(dir, "backup.dbak"), format, 0)
+			url := corpusBackup(t, format, filepath.Join(dir, "backup.dbak"))
 
 			dest := filepath.Join(dir, "lightningd.sqlite3")
 			r := mustRun(t, "restore", url, dest)
@@ -295,7 +326,7 @@ func TestCLIBadInput(t *testing.T) {
 
 func TestCLIStatusCompact(t *testing.T) {
 	dir := t.TempDir()
-	url := writeBackup(t, filepath.Join(dir, "b.dbak"), 2, 0)
+	url := corpusBackup(t, 2, filepath.Join(dir, "b.dbak"))
 
 	r := mustRun(t, "status", url, "--json")
 	var st lnvault.Status
