@@ -312,7 +312,9 @@ func FuzzRun(f *testing.F) {
 	f.Add([]byte(`{"method":"channel_opened","params":{}}{"id":null,"method":"x"}[1]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := New()
-		p.AddHook("db_write", func(context.Context, json.RawMessage) (any, error) { return map[string]string{"result": "continue"}, nil })
+		p.AddHook("db_write", func(context.Context, json.RawMessage) (any, error) {
+			return map[string]string{"result": "continue"}, nil
+		})
 		p.AddMethod(Method{Name: "m", Handler: func(_ context.Context, params json.RawMessage) (any, error) { return params, nil }})
 		p.OnInit(func(_ context.Context, r *InitRequest) error { _, err := r.Int("n", 0); return err })
 		p.Subscribe("channel_opened", func(context.Context, json.RawMessage) {})

@@ -60,7 +60,7 @@ func (a *Applier) Version() uint32 { return a.version }
 func (a *Applier) Applied() int64 { return a.applied }
 
 func (a *Applier) open(ctx context.Context) error {
-	db, err := sql.Open("sqlite", a.path)
+	db, err := sql.Open("sqlite", fileURI(a.path))
 	if err != nil {
 		return err
 	}
@@ -273,9 +273,12 @@ func checkConn(ctx context.Context, conn *sql.Conn, fk bool) error {
 // ReadOnlyDSN is the data source name that opens the database file at path
 // read-only. The path goes into an SQLite URI, so the characters a URI gives
 // a meaning to are escaped: a directory named "a#b" must not open "a".
-func ReadOnlyDSN(path string) string {
-	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
-	return "file:" + r.Replace(path) + "?mode=ro"
+func ReadOnlyDSN(path string) string { return fileURI(path) + "?mode=ro" }
+
+// fileURI is path as an SQLite file: URI. A bare path is not safe either: the
+// driver takes what follows a '?' as its options.
+func fileURI(path string) string {
+	return "file:" + strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
 }
 
 func openRO(path string) (*sql.DB, error) {
@@ -322,7 +325,7 @@ func Snapshot(ctx context.Context, src, dst string) (uint32, error) {
 	if _, err := os.Stat(src); err != nil {
 		return 0, err
 	}
-	db, err := sql.Open("sqlite", src)
+	db, err := sql.Open("sqlite", fileURI(src))
 	if err != nil {
 		return 0, err
 	}

@@ -309,16 +309,16 @@ func corrupt(off int64, v uint32, format string, args ...any) *lnvault.CorruptEr
 func loadState(f *os.File) (state, error) {
 	var s state
 	var err error
-	for try := 0; try < 5; try++ {
+	for try := 0; ; try++ {
 		s, err = loadOnce(f)
 		if err == nil && s.damage == nil {
 			return s, nil
 		}
 		var ce *lnvault.CorruptError
-		if err != nil && !errors.As(err, &ce) {
-			return s, err
+		if (err != nil && !errors.As(err, &ce)) || try == 2 {
+			break
 		}
-		time.Sleep(time.Duration(try+1) * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	return s, err
 }

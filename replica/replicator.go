@@ -69,7 +69,7 @@ type Replicator struct {
 	compactReq   bool
 	lastErr      error
 	lastUpload   time.Time
-	flushing     bool
+	appends      uint64 // local appends and rewinds, to see if a resync raced one
 
 	kick    chan struct{}
 	flushed *sync.Cond // signalled after each step
@@ -258,39 +258,33 @@ func sameChange(a, b *lnvault.Change) bool {
 	return a != nil && b != nil && a.Kind == lnvault.KindTransaction && b.Kind == a.Kind && a.Version == b.Version && slices.Equal(a.Statements, b.Statements)
 }
 
-// isHead tells whether c (after a change of version prev) is the local head
-// md: versions repeat at most once in a row, so the head's version and its
-// previous version identify it.
-func isHead(md lnvault.Metadata, c *lnvault.Change, prev *lnvault.Change) bool {
-	if c.Version != md.Version {
-		return false
-	}
-	if prev == nil {
-		return md.PrevVersion == 0 || c.Kind == lnvault.KindSnapshot || md.PrevVersion != md.Version
-	}
-	return prev.Version == md.PrevVersion
-}
-
-// resync brings the replica to the local head.
+// resync brings the replica to the local head. It streams the local log to
+// its end while appends go on (they are not queued meanwhile), and repeats
+// until no append happened during a round; then appends are queued again.
 func (r *Replicator) resync(ctx context.Context) error {
-	// Appends wait while we take the local head and empty the queue, so that
-	// every later change is in the queue and every earlier one in the stream.
-	r.mu.Lock()
-	lmd := r.local.Metadata()
-	r.queue, r.queueBytes = nil, 0
-	r.needResync = false
-	r.mu.Unlock()
-	err := r.catchUp(ctx, lmd)
-	if err != nil {
+	for {
 		r.mu.Lock()
-		r.needResync = true
+		seen := r.appends
 		r.queue, r.queueBytes = nil, 0
 		r.mu.Unlock()
+		if err := r.catchUp(ctx); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.appends == seen {
+			r.needResync = false
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
-	return err
 }
 
-func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
+func (r *Replicator) catchUp(ctx context.Context) error {
+	lmd := r.local.Metadata()
 	if lmd.VersionCount == 0 && lmd.Version == 0 {
 		return nil // nothing local yet
 	}
@@ -312,8 +306,9 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 		batch, batchBytes = nil, 0
 		return err
 	}
+	// Find the replica's head in the local log: same version, same previous
+	// version, same statements. Everything after it is missing.
 	matched := rmd.VersionCount == 0
-	reachedHead := false
 	var prev *lnvault.Change
 	from := uint32(0)
 	if !matched {
@@ -323,7 +318,7 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 		}
 	}
 	err := r.local.Stream(ctx, from, func(c *lnvault.Change) error {
-		defer func() { prev = c }()
+		defer func() { prev = &lnvault.Change{Version: c.Version, Kind: c.Kind} }()
 		if !matched {
 			if c.Version > rmd.Version {
 				return lnvault.ErrStop // went past the replica's head: diverged
@@ -331,10 +326,6 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 			prevOK := prev == nil && (rmd.PrevVersion == 0 || rmd.PrevVersion != rmd.Version) || prev != nil && prev.Version == rmd.PrevVersion
 			if prevOK && sameChange(c, rhead) {
 				matched = true
-			}
-			if isHead(lmd, c, prev) {
-				reachedHead = true
-				return lnvault.ErrStop
 			}
 			return nil
 		}
@@ -345,13 +336,7 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 		batch = append(batch, cc)
 		batchBytes += changeSize(cc)
 		if batchBytes >= r.opts.FlushBytes {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		if isHead(lmd, c, prev) {
-			reachedHead = true
-			return lnvault.ErrStop
+			return flush()
 		}
 		return nil
 	})
@@ -362,9 +347,6 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 		if err := flush(); err != nil {
 			return err
 		}
-		if !reachedHead {
-			return fmt.Errorf("the local backup's changes end before its head (version %d): cannot replicate it", lmd.Version)
-		}
 		r.log.Info("replica: caught up", "replica", r.rb.client.String(), "version", r.rb.Metadata().Version)
 		return nil
 	}
@@ -373,25 +355,21 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 	// generation from the local state.
 	r.log.Info("replica: histories differ, starting a new generation", "replica", r.rb.client.String(), "replica_version", rmd.Version, "local_version", lmd.Version)
 	var last, before uint32
+	var lastTx *lnvault.Change
 	var n int
 	path, cleanup, err := materialize(ctx, func(fn func(*lnvault.Change) error) error {
-		var p *lnvault.Change
-		err := r.local.Stream(ctx, 0, func(c *lnvault.Change) error {
-			defer func() { p = &lnvault.Change{Version: c.Version, Kind: c.Kind} }()
+		return r.local.Stream(ctx, 0, func(c *lnvault.Change) error {
 			if err := fn(c); err != nil {
 				return err
 			}
 			before, last = last, c.Version
 			n++
-			if isHead(lmd, c, p) {
-				return lnvault.ErrStop
+			lastTx = nil
+			if c.Kind == lnvault.KindTransaction {
+				lastTx = &lnvault.Change{Version: c.Version, Kind: c.Kind, Statements: slices.Clone(c.Statements)}
 			}
 			return nil
 		})
-		if errors.Is(err, lnvault.ErrStop) {
-			return nil
-		}
-		return err
 	})
 	if err != nil {
 		return err
@@ -405,7 +383,12 @@ func (r *Replicator) catchUp(ctx context.Context, lmd lnvault.Metadata) error {
 	if err := r.rb.writable(ctx); err != nil {
 		return err
 	}
-	return r.rb.newGenerationFromFile(ctx, path, r.rb.md.VersionCount, last, before)
+	if err := r.rb.newGenerationFromFile(ctx, path, r.rb.md.VersionCount, last, before); err != nil {
+		return err
+	}
+	// The head's statements let the next resync find it in the local log.
+	r.rb.head = lastTx
+	return nil
 }
 
 // Flush waits until everything appended so far is on the replica (or ctx
@@ -464,6 +447,7 @@ func (w replicated) Append(ctx context.Context, c *lnvault.Change) error {
 	if err := r.local.Append(ctx, c); err != nil {
 		return err
 	}
+	r.appends++
 	if r.pendingSince.IsZero() {
 		r.pendingSince = time.Now()
 	}
@@ -493,6 +477,7 @@ func (w replicated) Rewind(ctx context.Context) error {
 	if err := r.local.Rewind(ctx); err != nil {
 		return err
 	}
+	r.appends++
 	if n := len(r.queue); n > 0 && !r.needResync {
 		r.queueBytes -= changeSize(r.queue[n-1])
 		r.queue = r.queue[:n-1]

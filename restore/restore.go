@@ -80,7 +80,7 @@ func Restore(ctx context.Context, b lnvault.Backend, dest string, opts Options) 
 		}
 	}()
 
-	bar := newBar(ctx, b, opts.Progress)
+	bar := newBar(ctx, b, opts.Progress, target == md.Version)
 	n, err := apply(ctx, b, tmp.a, target, bar)
 	if bar != nil {
 		_ = bar.Finish()
@@ -114,7 +114,7 @@ func Restore(ctx context.Context, b lnvault.Backend, dest string, opts Options) 
 		return Result{}, err
 	}
 	res := Result{Path: path, Version: target, Changes: n, Bytes: st.Size(), Duration: time.Since(start)}
-	log.Info("restored", "path", path, "version", target, "changes", n, "bytes", res.Bytes, "duration", res.Duration)
+	log.Debug("restored", "path", path, "version", target, "changes", n, "bytes", res.Bytes, "duration", res.Duration)
 	return res, nil
 }
 
@@ -301,12 +301,14 @@ func syncDir(dir string) error {
 }
 
 // newBar returns a progress bar on w when w is a terminal, else nil.
-func newBar(ctx context.Context, b lnvault.Backend, w io.Writer) *progressbar.ProgressBar {
+// The total is the backup's record count when restoring to its head; below
+// it the count is unknown and the bar just counts.
+func newBar(ctx context.Context, b lnvault.Backend, w io.Writer, toHead bool) *progressbar.ProgressBar {
 	if !isTerminal(w) {
 		return nil
 	}
 	total := int64(-1)
-	if st, err := b.Status(ctx); err == nil && st.Records > 0 {
+	if st, err := b.Status(ctx); toHead && err == nil && st.Records > 0 {
 		total = st.Records
 	}
 	return progressbar.NewOptions64(total,

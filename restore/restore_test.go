@@ -272,7 +272,12 @@ func TestRestoreErrors(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(&f)
 			}
-			dir := t.TempDir()
+			// A directory name with the characters SQLite URIs give a
+			// meaning to: every check must still read the right file.
+			dir := filepath.Join(t.TempDir(), "odd #?% dir")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
 			dest := filepath.Join(dir, "db")
 			_, err := Restore(ctx, &f, dest, tt.opts)
 			if tt.want == nil {

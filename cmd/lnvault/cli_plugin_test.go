@@ -50,7 +50,8 @@ func TestInitThenPlugin(t *testing.T) {
 			}
 			defer h.Close()
 			url := "file://" + filepath.Join(dir, "backup.dbak")
-			mustRun(t, "init", url, "--lightning-dir", h.NetDir())
+			// The harness already serves lightning-rpc, as a running node would.
+			mustRun(t, "init", url, "--lightning-dir", h.NetDir(), "--force")
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			if err := h.Start(ctx); err != nil {

@@ -136,28 +136,37 @@ func New(cfg Config) (*Harness, error) {
 	if err := h.listen(); err != nil {
 		return nil, err
 	}
-	if !cfg.NoNodeDB {
-		db, err := sql.Open("sqlite", h.NodeDBPath())
-		if err != nil {
-			h.Close()
-			return nil, err
-		}
-		db.SetMaxOpenConns(1)
-		h.node = db
-		conn, err := db.Conn(context.Background())
-		if err != nil {
-			h.Close()
-			return nil, err
-		}
-		h.nodeCon = conn
-		// The node database is the reference a restore is compared with, not
-		// a durability subject: no fsyncs.
-		if _, err := conn.ExecContext(context.Background(), "PRAGMA synchronous = OFF"); err != nil {
+	if _, err := os.Stat(h.NodeDBPath()); err == nil && !cfg.NoNodeDB {
+		if err := h.openNodeDB(); err != nil {
 			h.Close()
 			return nil, err
 		}
 	}
 	return h, nil
+}
+
+// openNodeDB opens (creating at the first commit, as a new node does) the
+// node database.
+func (h *Harness) openNodeDB() error {
+	db, err := sql.Open("sqlite", h.NodeDBPath())
+	if err != nil {
+		return err
+	}
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		db.Close()
+		return err
+	}
+	// The node database is the reference a restore is compared with, not a
+	// durability subject: no fsyncs.
+	if _, err := conn.ExecContext(context.Background(), "PRAGMA synchronous = OFF"); err != nil {
+		conn.Close()
+		db.Close()
+		return err
+	}
+	h.node, h.nodeCon = db, conn
+	return nil
 }
 
 // NetDir is <dir>/<network>, the plugin's cwd.
@@ -535,8 +544,13 @@ func (h *Harness) write(ctx context.Context, id string, version uint32, writes [
 // transaction, except migrations' PRAGMA statements, which SQLite ignores
 // inside a transaction.
 func (h *Harness) commit(ctx context.Context, writes []string) error {
-	if h.nodeCon == nil {
+	if h.cfg.NoNodeDB {
 		return nil
+	}
+	if h.nodeCon == nil {
+		if err := h.openNodeDB(); err != nil {
+			return err
+		}
 	}
 	pragma := len(writes) > 0
 	for _, w := range writes {

@@ -354,4 +354,3 @@ func TestRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
