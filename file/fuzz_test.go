@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+	"runtime/pprof"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
@@ -28,7 +30,23 @@ func FuzzOpenStream(f *testing.F) {
 	if vec, err := os.ReadFile("../testdata/pre-4090-backup.dbak"); err == nil {
 		f.Add(vec)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Fuzz(fuzzBody)
+}
+
+func fuzzBody(t *testing.T, data []byte) {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			f, _ := os.Create("/tmp/fuzzhang.txt")
+			pprof.Lookup("goroutine").WriteTo(f, 2)
+			f.Close()
+			os.WriteFile("/tmp/fuzzhang.bin", data, 0o600)
+		}
+	}()
+	{
 		ctx := context.Background()
 		path := filepath.Join(t.TempDir(), "f.dbak")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
@@ -74,7 +92,7 @@ func FuzzOpenStream(f *testing.F) {
 		if err != nil && !errors.Is(err, lnvault.ErrCorrupt) {
 			t.Fatalf("stream error is not ErrCorrupt: %v", err)
 		}
-	})
+	}
 }
 
 // TestWriteFuzzSeeds regenerates testdata/fuzz/FuzzOpenStream

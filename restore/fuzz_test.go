@@ -1,6 +1,8 @@
 package restore_test
 
 import (
+	"fmt"
+	"time"
 	"context"
 	"errors"
 	"os"
@@ -63,6 +65,8 @@ func FuzzRestoreFile(f *testing.F) {
 	f.Add(smallBackup(f, 1))
 	f.Add(smallBackup(f, 2))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		wd := time.AfterFunc(10*time.Second, func() { panic(fmt.Sprintf("HANG %q", data)) })
+		defer wd.Stop()
 		ctx := context.Background()
 		dir := t.TempDir()
 		path := filepath.Join(dir, "b.dbak")

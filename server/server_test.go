@@ -392,7 +392,7 @@ func TestHostileClients(t *testing.T) {
 		{"truncated change", rawPacket(0x01, append(append([]byte{}, ver...), bomb[:1000]...))[:500], true},
 		{"truncated header", []byte{0x01, 0, 0}, true},
 	}
-	for round := 0; round < 3; round++ {
+	for round := 0; round < 2; round++ {
 		for _, a := range attacks {
 			conn, err := net.Dial("tcp", ts.addr)
 			if err != nil {
@@ -435,7 +435,7 @@ func TestHostileClients(t *testing.T) {
 	ts.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
-		`lnvault_server_refusals_total{reason="malformed"} 18`,
+		`lnvault_server_refusals_total{reason="malformed"} 12`,
 		`lnvault_server_changes_received_total{kind="change"} 600`,
 		"lnvault_server_ack_latency_seconds_count 600",
 		fmt.Sprintf("lnvault_server_backup_version %d", changes[len(changes)-1].Version),

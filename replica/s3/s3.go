@@ -117,6 +117,10 @@ func (s *Store) explain(op string, err error) error {
 			if op == "checking bucket" {
 				return fmt.Errorf("s3: bucket %q does not exist at %s: create it first (aws s3 mb s3://%s)", s.Bucket, where, s.Bucket)
 			}
+		case "BadRequest", "InvalidBucketName":
+			if op == "checking bucket" {
+				return fmt.Errorf("s3: bucket %q at %s was refused (%s): check the bucket name (3-63 lowercase letters, digits, dots, hyphens) and region=", s.Bucket, where, ae.ErrorCode())
+			}
 		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch":
 			return fmt.Errorf("s3: %s %s: access denied (%s): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile's rights", op, where, ae.ErrorCode())
 		}
