@@ -706,3 +706,24 @@ func (h *Harness) Close() error {
 	}
 	return nil
 }
+
+// Notify sends a notification (no id, no answer), as lightningd does for the
+// topics a plugin subscribed to, e.g. channel_opened.
+func (h *Harness) Notify(method string, params any) error {
+	h.mu.Lock()
+	p := h.proc
+	h.mu.Unlock()
+	if p == nil {
+		return errors.New("harness: plugin is not running")
+	}
+	b, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": params})
+	if err != nil {
+		return err
+	}
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if _, err := p.stdin.Write(append(b, '\n', '\n')); err != nil {
+		return fmt.Errorf("harness: writing to the plugin: %w", err)
+	}
+	return nil
+}
