@@ -140,7 +140,7 @@ func (b *Backend) commitHeader(nh header) (int, error) {
 
 func (b *Backend) encoder() *zstd.Encoder {
 	if b.enc == nil {
-		b.enc = encPool.Get().(*zstd.Encoder)
+		b.enc = getEncoder()
 	}
 	return b.enc
 }

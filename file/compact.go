@@ -227,7 +227,7 @@ func copyRange(dst *os.File, dstOff int64, src *os.File, srcOff, n int64) error 
 	if n == 0 {
 		return nil
 	}
-	m, err := io.CopyBuffer(io.NewOffsetWriter(dst, dstOff), io.NewSectionReader(src, srcOff, n), make([]byte, min(n, 1<<20)))
+	m, err := io.CopyBuffer(io.NewOffsetWriter(dst, dstOff), io.NewSectionReader(src, srcOff, n), make([]byte, max(1, min(n, 1<<20))))
 	if err == nil && m != n {
 		err = errors.New("short copy")
 	}

@@ -303,22 +303,32 @@ func corrupt(off int64, v uint32, format string, args ...any) *lnvault.CorruptEr
 	return &lnvault.CorruptError{Offset: off, Version: v, Reason: fmt.Sprintf(format, args...)}
 }
 
-// loadState reads and checks the header of f. Readers may race with a
-// writer's header update, so a header that looks torn is read again a few
-// times before it counts as damage.
+// loadState reads and checks the header of f. A reader may race with a
+// writer's header update and see it torn: damage is read again at once, and
+// counts only once two reads agree.
 func loadState(f *os.File) (state, error) {
+	var prev [v2DataStart]byte
 	var s state
 	var err error
-	for try := 0; ; try++ {
+	for try := 0; try < 4; try++ {
 		s, err = loadOnce(f)
 		if err == nil && s.damage == nil {
 			return s, nil
 		}
 		var ce *lnvault.CorruptError
-		if (err != nil && !errors.As(err, &ce)) || try == 2 {
+		if err != nil && !errors.As(err, &ce) {
+			return s, err
+		}
+		var cur [v2DataStart]byte
+		n, _ := f.ReadAt(cur[:], 0)
+		if try > 0 && cur == prev {
 			break
 		}
-		time.Sleep(time.Millisecond)
+		prev = cur
+		_ = n
+		if try == 2 {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	return s, err
 }
@@ -670,7 +680,7 @@ func (b *Backend) Close() error {
 		b.f = nil
 	}
 	if b.enc != nil {
-		encPool.Put(b.enc)
+		putEncoder(b.enc)
 		b.enc = nil
 	}
 	b.unlock()

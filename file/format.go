@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
@@ -201,33 +200,64 @@ func recordCRC(payloadCRC uint32, hdr []byte) uint32 {
 	return crc32.Update(payloadCRC, castagnoli, hdr[:16])
 }
 
-// Pooled zstd coders: creating them costs far more than a small append.
+// Free lists of zstd coders: creating one costs far more than a small
+// append. Channels rather than sync.Pool, which drops its items at every GC.
 var (
-	encPool = sync.Pool{New: func() any {
-		// Fastest with entropy coding of all literals: half of the text
-		// is hex blobs, which only Huffman coding shrinks.
-		e, err := zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithAllLitEntropyCompression(true),
-			zstd.WithEncoderDictRaw(dictID, clnDict),
-			zstd.WithEncoderConcurrency(1),
-			zstd.WithEncoderCRC(false), // the record CRC covers it
-			zstd.WithZeroFrames(true))
-		if err != nil {
-			panic(err)
-		}
-		return e
-	}}
-	decPool = sync.Pool{New: func() any {
-		d, err := zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderDictRaw(dictID, clnDict),
-			zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderMaxMemory(maxTxRaw),
-			zstd.WithDecoderMaxWindow(64<<20))
-		if err != nil {
-			panic(err)
-		}
-		return d
-	}}
+	encFree = make(chan *zstd.Encoder, 4)
+	decFree = make(chan *zstd.Decoder, 4)
 )
+
+func getEncoder() *zstd.Encoder {
+	select {
+	case e := <-encFree:
+		return e
+	default:
+	}
+	// Fastest with entropy coding of all literals: half of the text is hex
+	// blobs, which only Huffman coding shrinks.
+	e, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithAllLitEntropyCompression(true),
+		zstd.WithEncoderDictRaw(dictID, clnDict),
+		zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(false), // the record CRC covers it
+		zstd.WithZeroFrames(true))
+	if err != nil {
+		panic(err) // only on invalid options
+	}
+	return e
+}
+
+func putEncoder(e *zstd.Encoder) {
+	select {
+	case encFree <- e:
+	default:
+	}
+}
+
+func getDecoder() *zstd.Decoder {
+	select {
+	case d := <-decFree:
+		return d
+	default:
+	}
+	d, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderDictRaw(dictID, clnDict),
+		zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderMaxMemory(maxTxRaw),
+		zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+func putDecoder(d *zstd.Decoder) {
+	d.Reset(nil)
+	select {
+	case decFree <- d:
+	default:
+		d.Close()
+	}
+}

@@ -60,7 +60,7 @@ func (w *walker) run(ctx context.Context) error {
 		err = w.v2(ctx)
 	}
 	if w.dec != nil {
-		decPool.Put(w.dec)
+		putDecoder(w.dec)
 		w.dec = nil
 	}
 	if errors.Is(err, errStopped) {
@@ -298,7 +298,7 @@ func (w *walker) v2(ctx context.Context) error {
 func (w *walker) changeV2(r rec) (*lnvault.Change, func(), error) {
 	c := &lnvault.Change{Version: r.version, Kind: r.kind}
 	if w.dec == nil {
-		w.dec = decPool.Get().(*zstd.Decoder)
+		w.dec = getDecoder()
 	}
 	if r.kind == lnvault.KindTransaction {
 		payload := w.buf
@@ -366,7 +366,7 @@ func splitStatements(p []byte) []string {
 
 func crcRange(f *os.File, off, n int64) (uint32, error) {
 	h := crc32.New(castagnoli)
-	buf := make([]byte, min(n, 256<<10))
+	buf := make([]byte, max(1, min(n, 256<<10)))
 	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, n), buf); err != nil {
 		return 0, corrupt(off, 0, "cannot read %d bytes: %v", n, err)
 	}

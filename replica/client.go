@@ -266,7 +266,8 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	inv := &Inventory{}
 	gens := map[string]*Generation{}
 	for _, o := range objs {
-		if o.Key == leaseKey {
+		if o.Key == leaseKey || strings.HasPrefix(o.Key, "scb/") {
+			// scb/ holds the static channel backups (package scb/s3store).
 			continue
 		}
 		if o.Key == markerKey {

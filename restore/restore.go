@@ -102,8 +102,8 @@ func Restore(ctx context.Context, b lnvault.Backend, dest string, opts Options) 
 			return Result{}, fmt.Errorf("removing the old database's %s: %w", side, err)
 		}
 	}
-	if err := os.Rename(tmp.path, path); err != nil {
-		return Result{}, fmt.Errorf("moving the restored database into place: %w", err)
+	if err := place(tmp.path, path, opts.Force); err != nil {
+		return Result{}, err
 	}
 	ok = true
 	if err := syncDir(filepath.Dir(path)); err != nil {
@@ -224,7 +224,7 @@ func apply(ctx context.Context, b lnvault.Backend, a *dbapply.Applier, target ui
 	)
 	err := b.Stream(ctx, 0, func(c *lnvault.Change) error {
 		if n == 0 && c.Version > target {
-			return fmt.Errorf("version %d is not in the backup: its oldest change is version %d (it was compacted away); restore a later version", target, c.Version)
+			return fmt.Errorf("version %d is not in the backup: its oldest change is version %d (older versions were compacted away or predate the backup); restore a later version", target, c.Version)
 		}
 		if c.Version > target {
 			return lnvault.ErrStop
@@ -287,6 +287,29 @@ func checkDataVersion(ctx context.Context, path string, want uint32) error {
 	if got != 0 && got != want {
 		return &lnvault.CorruptError{Offset: -1, Version: want,
 			Reason: fmt.Sprintf("the restored database has data_version %d, the backup says %d", got, want)}
+	}
+	return nil
+}
+
+// place moves the finished temp file to path. Without force it must not
+// replace a file that appeared since destPath checked (lightningd started,
+// another restore): a hard link fails if path exists, atomically; where
+// links are not supported, a last check and a rename.
+func place(tmp, path string, force bool) error {
+	if !force {
+		err := os.Link(tmp, path)
+		if err == nil {
+			return os.Remove(tmp)
+		}
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("destination %s appeared while restoring: move it away or pass --force to overwrite it", path)
+		}
+		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("destination %s appeared while restoring: move it away or pass --force to overwrite it", path)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("moving the restored database into place: %w", err)
 	}
 	return nil
 }

@@ -354,3 +354,29 @@ func TestRestoreCancelled(t *testing.T) {
 	}
 	assertClean(t, dir)
 }
+
+// appearing is a backend during whose stream the destination appears.
+type appearing struct {
+	*fakeBackend
+	dest string
+}
+
+func (a appearing) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	if err := os.WriteFile(a.dest, []byte("lightningd started meanwhile"), 0o600); err != nil {
+		return err
+	}
+	return a.fakeBackend.Stream(ctx, from, fn)
+}
+
+func TestRestoreDestAppears(t *testing.T) {
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "db")
+	_, err := Restore(context.Background(), appearing{fixtureFake(t, 310), dest}, dest, Options{})
+	if err == nil || !strings.Contains(err.Error(), "appeared while restoring") {
+		t.Fatalf("want a refusal, got %v", err)
+	}
+	if got, _ := os.ReadFile(dest); string(got) != "lightningd started meanwhile" {
+		t.Fatal("a file that appeared during the restore was replaced")
+	}
+	assertClean(t, dir, "db")
+}

@@ -11,6 +11,7 @@ package server
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -39,6 +41,12 @@ type Config struct {
 	// that stopped reading). Default 1 minute.
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
+	// SCB, when set, is where the server keeps static channel backups that
+	// lnvault clients send with the protocol extension (see package wire);
+	// nil: the server offers no SCB feature. Any connection may store and
+	// read versions: they are a separate, immutable stream with their own
+	// sequence, so the writer rule of the database log does not apply.
+	SCB scb.Store
 }
 
 // Server serves one backup.
@@ -404,8 +412,15 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		// Compact runs beside Append: the writer keeps being served.
 		s.wg.Add(1)
 		go c.compact(log)
+	case wire.TypeHello, wire.TypeSCBPut, wire.TypeSCBList, wire.TypeSCBGet:
+		return c.handleExt(p, log)
 	case wire.TypeAck, wire.TypeNack, wire.TypeMetadata, wire.TypeCompactRes, wire.TypeDone:
 		// Clients may acknowledge restored changes; nothing to do.
+	default:
+		// Server-to-client packets (FEATURES, SCB_VERSIONS, ...) from a
+		// client: it is out of step with the protocol.
+		s.m.refusals.WithLabelValues("malformed").Inc()
+		return fmt.Errorf("client sent %v, which only a server sends", p.Type)
 	}
 	return nil
 }
@@ -462,4 +477,96 @@ func (c *conn) restore(log *slog.Logger) error {
 	}
 	log.Info("restore sent", "changes", n)
 	return c.send(func(w *wire.Writer) error { return w.WriteEmpty(wire.TypeDone) })
+}
+
+// handleExt answers the lnvault extension requests (package wire documents
+// them). Failures are answered with EXT_ERROR and keep the connection: they
+// concern one request, not the stream.
+func (c *conn) handleExt(p wire.Packet, log *slog.Logger) error {
+	s := c.s
+	st := s.cfg.SCB
+	if p.Type == wire.TypeHello {
+		features := []string{}
+		if st != nil {
+			features = append(features, wire.FeatureSCB)
+		}
+		log.Debug("extension hello", "client_features", p.Features, "features", features)
+		return c.send(func(w *wire.Writer) error { return w.WriteFeatures(wire.TypeFeatures, features) })
+	}
+	extErr := func(reason, msg string, args ...any) error {
+		s.m.refusals.WithLabelValues(reason).Inc()
+		log.Warn("refused", append([]any{"request", p.Type.String(), "reason", reason, "detail", msg}, args...)...)
+		return c.send(func(w *wire.Writer) error { return w.WriteExtError(msg) })
+	}
+	if st == nil {
+		return extErr("scb_unsupported", "this backup server keeps no static channel backups (start it with a file: backup, or with --scb URL)")
+	}
+	ctx := s.ctx
+	switch p.Type {
+	case wire.TypeSCBPut:
+		// Checked before storing: a damaged envelope must never become the
+		// latest version.
+		if _, err := scb.DecodeEnvelope(p.Data); err != nil {
+			return extErr("scb_invalid", fmt.Sprintf("refusing an invalid static channel backup envelope: %v", err))
+		}
+		v, err := st.Put(ctx, p.Data)
+		if err != nil {
+			log.Error("storing static channel backup failed", "err", err)
+			return extErr("scb_store_failed", fmt.Sprintf("the backup server could not store the static channel backup: %v", err))
+		}
+		log.Info("static channel backup stored", "id", v.ID, "kind", v.Kind, "channels", v.Channels, "bytes", v.Size, "encrypted", v.Encrypted)
+		return c.send(func(w *wire.Writer) error { return w.WriteSCBVersions([]wire.SCBVersion{SCBVersionToWire(v)}) })
+	case wire.TypeSCBList:
+		vs, err := st.List(ctx)
+		if err != nil && !errors.Is(err, lnvault.ErrNotFound) { // no folder yet: no versions
+			log.Error("listing static channel backups failed", "err", err)
+			return extErr("scb_list_failed", fmt.Sprintf("the backup server could not list its static channel backups: %v", err))
+		}
+		// Several packets for a long history, then DONE, like RESTORE.
+		for len(vs) > 0 {
+			n := min(len(vs), wire.SCBVersionsPerPacket)
+			page := make([]wire.SCBVersion, n)
+			for i, v := range vs[:n] {
+				page[i] = SCBVersionToWire(v)
+			}
+			vs = vs[n:]
+			if err := c.send(func(w *wire.Writer) error { return w.WriteSCBVersions(page) }); err != nil {
+				return err
+			}
+		}
+		return c.send(func(w *wire.Writer) error { return w.WriteEmpty(wire.TypeDone) })
+	case wire.TypeSCBGet:
+		id := p.Text
+		if _, _, err := scb.ParseVersionID(id); err != nil {
+			// Not an id: "" is the latest version, a kind its latest.
+			kind := scb.Kind(id)
+			if id != "" && !kind.Valid() {
+				return extErr("scb_get", fmt.Sprintf("%q is neither a static channel backup version id nor a kind", id))
+			}
+			v, err := scb.Select(ctx, st, kind, "")
+			if err != nil {
+				return extErr("scb_get", err.Error())
+			}
+			id = v.ID
+		}
+		env, err := st.Get(ctx, id)
+		if err != nil {
+			return extErr("scb_get", err.Error())
+		}
+		return c.send(func(w *wire.Writer) error { return w.WriteSCB(wire.TypeSCBData, env) })
+	}
+	return nil
+}
+
+// SCBVersionToWire converts a stored version's metadata for SCB_VERSIONS.
+func SCBVersionToWire(v scb.Version) wire.SCBVersion {
+	w := wire.SCBVersion{ID: v.ID, Seq: v.Seq, Stored: v.Stored.UTC(), Kind: string(v.Kind), Created: v.Created.UTC(),
+		Channels: v.Channels, Encrypted: v.Encrypted, Size: v.Size}
+	if v.PlainSHA256 != ([32]byte{}) {
+		w.PlainSHA256 = hex.EncodeToString(v.PlainSHA256[:])
+	}
+	if v.Err != nil {
+		w.Error = wire.ExtErrorText(v.Err.Error())
+	}
+	return w
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -20,7 +21,18 @@ func FuzzDecode(f *testing.F) {
 	w.WriteVersion(TypeAck, 7)
 	w.WriteMetadata(lnvault.Metadata{Version: 7, PrevVersion: 6, VersionCount: 3})
 	f.Add(seed.Bytes())
-	lim := Limits{MaxPacket: 1 << 16, MaxChange: 1 << 16, MaxSnapshot: 1 << 16}
+	seed.Reset()
+	w.WriteFeatures(TypeHello, []string{FeatureSCB, "x-1"})
+	w.WriteEmpty(TypeReqMetadata)
+	w.WriteFeatures(TypeFeatures, nil)
+	w.WriteSCB(TypeSCBPut, []byte("LNVSCB\x01\x00"))
+	w.WriteEmpty(TypeSCBList)
+	w.WriteSCBVersions(testVersions())
+	w.WriteSCBGet("000000000042-20260102T150405.123456789Z")
+	w.WriteSCB(TypeSCBData, []byte("envelope"))
+	w.WriteExtError("no version \"x\" in /srv/node.dbak.scb")
+	f.Add(seed.Bytes())
+	lim := Limits{MaxPacket: 1 << 16, MaxChange: 1 << 16, MaxSnapshot: 1 << 16, MaxSCB: 1 << 12}
 	tmp := f.TempDir()
 	lim.TempDir = tmp
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -68,6 +80,22 @@ func checkReencode(t *testing.T, p Packet, lim Limits) {
 		b.Write(AppendMetadata(nil, p.Protocol, p.Meta))
 	case TypeCompactRes:
 		err = w.WriteCompactResult(p.Stats)
+	case TypeHello, TypeFeatures:
+		err = w.WriteFeatures(p.Type, p.Features)
+	case TypeSCBPut, TypeSCBData:
+		if int64(len(p.Data)) > lim.MaxSCB {
+			t.Fatalf("%v of %d bytes passed the limit", p.Type, len(p.Data))
+		}
+		err = w.WriteSCB(p.Type, p.Data)
+	case TypeSCBGet:
+		err = w.WriteSCBGet(p.Text)
+	case TypeExtError:
+		if ExtErrorText(p.Text) != p.Text {
+			t.Fatalf("EXT_ERROR %q would not be sent as is", p.Text)
+		}
+		err = w.WriteExtError(p.Text)
+	case TypeSCBVersions:
+		err = w.WriteSCBVersions(p.SCBVersions)
 	default:
 		err = w.WriteEmpty(p.Type)
 	}
@@ -93,6 +121,20 @@ func checkReencode(t *testing.T, p Packet, lim Limits) {
 		got, _ := io.ReadAll(q.Change.Snapshot)
 		if !bytes.Equal(got, snap) {
 			t.Fatal("snapshot bytes changed in round trip")
+		}
+	case TypeHello, TypeFeatures:
+		if !reflect.DeepEqual(p.Features, q.Features) {
+			t.Fatalf("features %q became %q", p.Features, q.Features)
+		}
+	case TypeSCBPut, TypeSCBData, TypeSCBGet, TypeExtError:
+		if !bytes.Equal(p.Data, q.Data) || p.Text != q.Text {
+			t.Fatalf("%v payload changed in round trip", p.Type)
+		}
+	case TypeSCBVersions:
+		a, _ := json.Marshal(p.SCBVersions)
+		b, _ := json.Marshal(q.SCBVersions)
+		if !bytes.Equal(a, b) {
+			t.Fatalf("versions %s became %s", a, b)
 		}
 	}
 }

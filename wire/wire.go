@@ -8,6 +8,35 @@
 // connection, into a bounded buffer for a transaction and into an unlinked
 // temporary file for a snapshot, so neither a huge length nor a zlib bomb can
 // exhaust memory.
+//
+// # lnvault's extension: static channel backups
+//
+// lnvault peers also exchange static channel backups (SCBs) on the same port,
+// in packet types 0x20-0x27 that the protocol document does not define. The
+// design keeps a reference client and a reference server working unchanged:
+//
+//   - Nothing in the base protocol changes. METADATA always says protocol 1
+//     (the reference client asserts it), and an lnvault server never sends an
+//     extension packet unless asked by one.
+//   - A client that wants an extension sends HELLO (0x20, the feature names
+//     it wants, space separated) immediately followed by REQ_METADATA, in one
+//     write. An lnvault server answers FEATURES (0x21, the features it offers,
+//     "scb" when it keeps SCBs) and then METADATA. A reference server either
+//     skips the unknown HELLO and answers METADATA alone, or closes the
+//     connection; both tell the client that the server has no extension
+//     (socket.ErrNoSCB), without waiting for a timeout.
+//   - SCB requests, answered in order on the connection:
+//     SCB_PUT (0x22, one envelope of package scb, at most Limits.MaxSCB bytes)
+//     → SCB_VERSIONS (0x24) holding the one stored version, sent once it is
+//     durable; SCB_LIST (0x23, empty) → SCB_VERSIONS packets of at most
+//     SCBVersionsPerPacket versions each, then DONE; SCB_GET (0x25, a version
+//     id, a kind for its latest version, or empty for the latest) → SCB_DATA
+//     (0x26, the envelope as stored). Any of them may instead be answered by
+//     EXT_ERROR (0x27, a one-line UTF-8 reason); the connection stays usable.
+//   - SCB_VERSIONS is a UTF-8 JSON array of SCBVersion objects.
+//   - Any connection may send SCB requests: versions are immutable and
+//     numbered by the store under its own lock, apart from the database log
+//     and its single-writer rule.
 package wire
 
 import (
@@ -55,6 +84,9 @@ func (t Type) String() string {
 	if int(t) < len(typeNames) && typeNames[t] != "" {
 		return typeNames[t]
 	}
+	if t >= extFirst && t <= extLast {
+		return extNames[t-extFirst]
+	}
 	return fmt.Sprintf("type(0x%02x)", uint8(t))
 }
 
@@ -94,6 +126,7 @@ type Limits struct {
 	MaxChange   int64  // decompressed transaction, in memory
 	MaxSnapshot int64  // decompressed snapshot, on disk
 	TempDir     string // where incoming snapshots are spooled ("" = os.TempDir())
+	MaxSCB      int64  // SCB_PUT, SCB_DATA and SCB_VERSIONS payloads, in memory
 }
 
 func (l Limits) withDefaults() Limits {
@@ -105,6 +138,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxSnapshot <= 0 {
 		l.MaxSnapshot = DefaultMaxSnapshot
+	}
+	if l.MaxSCB <= 0 {
+		l.MaxSCB = DefaultMaxSCB
 	}
 	return l
 }
@@ -127,6 +163,16 @@ type Packet struct {
 	Change *lnvault.Change
 	// Stats: COMPACT_RES.
 	Stats lnvault.CompactStats
+
+	// Extension packets (ext.go).
+	// Features: HELLO and FEATURES (never nil for them).
+	Features []string
+	// Data: the envelope of SCB_PUT and SCB_DATA (owned by the caller).
+	Data []byte
+	// Text: SCB_GET's version selector, EXT_ERROR's message.
+	Text string
+	// SCBVersions: SCB_VERSIONS (never nil for it).
+	SCBVersions []SCBVersion
 }
 
 // ---------------------------------------------------------------- writing
@@ -141,6 +187,9 @@ type Writer struct {
 	raw   []byte // a transaction's statements joined by NUL
 	zw    *zlib.Writer
 	level int
+	// finalBlock: the level's compressor writes a short payload as one
+	// block, which markFinalBlock may then mark final.
+	finalBlock bool
 
 	// TempDir is where large outgoing snapshots are compressed.
 	TempDir string
@@ -161,7 +210,10 @@ func NewWriterLevel(w io.Writer, level int) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zlib level %d: %w", level, err)
 	}
-	return &Writer{w: w, zw: zw, level: level, buf: make([]byte, 0, 4096), SmallSnapshot: DefaultSmallSnapshot}, nil
+	// Levels 2-9 run compress/flate's lazy-matching compressor, which emits
+	// a block only every maxFlateBlockTokens tokens, or at Close.
+	fb := level == zlib.DefaultCompression || level >= 2 && level <= 9
+	return &Writer{w: w, zw: zw, level: level, finalBlock: fb, buf: make([]byte, 0, 4096), SmallSnapshot: DefaultSmallSnapshot}, nil
 }
 
 // Reset makes the Writer write to w, keeping its buffers.
@@ -228,6 +280,9 @@ func (wr *Writer) writeTransaction(c *lnvault.Change) error {
 	}
 	if err := wr.zw.Close(); err != nil {
 		return err
+	}
+	if wr.finalBlock && len(wr.raw) > 0 && len(wr.raw) < singleBlockMax {
+		wr.buf = markFinalBlock(wr.buf, 9)
 	}
 	if len(wr.buf)-HeaderLen > 0xFFFFFFFF {
 		return fmt.Errorf("change version %d: %w: compressed payload of %d bytes", c.Version, ErrTooLarge, len(wr.buf)-HeaderLen)
@@ -500,6 +555,9 @@ func (rd *Reader) Next() (Packet, error) {
 			return p, malformed("COMPACT_RES is not the statistics JSON: %v", err)
 		}
 	default:
+		if p.Type >= extFirst && p.Type <= extLast {
+			return p, rd.readExt(&p)
+		}
 		return p, malformed("unknown packet type 0x%02x (length %d)", uint8(p.Type), n)
 	}
 	return p, nil

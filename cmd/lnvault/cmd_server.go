@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/wire"
 	"github.com/spf13/cobra"
@@ -49,6 +50,7 @@ func init() {
 	f.Int64("max-snapshot", wire.DefaultMaxSnapshot, "largest decompressed snapshot accepted, in bytes")
 	f.String("tmpdir", "", "directory for incoming snapshots (default: the system's temp directory)")
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
+	f.String("scb", "", "keep the static channel backups lnvault clients send here (default for a file: backup: BACKEND_PATH.scb/; \"none\" to refuse them)")
 	addCommand(serverCmd)
 }
 
@@ -105,10 +107,27 @@ func runServer(cmd *cobra.Command, args []string) error {
 	m := b.Metadata()
 	log.Info("serving backup", "url", backendURL, "version", m.Version, "version_count", m.VersionCount)
 
+	// Static channel backups (a protocol extension reference clients never
+	// see): next to a file backup unless told otherwise.
+	scbURL, _ := f.GetString("scb")
+	if scbURL == "" && lnvault.Scheme(backendURL) == "file" {
+		scbURL = backendURL
+	}
+	var scbStore scb.Store
+	if scbURL != "" && scbURL != "none" {
+		if scbStore, err = scb.OpenStore(ctx, scbURL, scb.StoreOptions{Logger: log}); err != nil {
+			b.Close()
+			return fmt.Errorf("--scb: %w", err)
+		}
+		defer scbStore.Close()
+		log.Info("keeping static channel backups", "store", scbStore.String())
+	}
+
 	srv := server.New(server.Config{
 		Limits:               wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
 		AllowUnauthenticated: allow,
 		Logger:               log,
+		SCB:                  scbStore,
 	}, b)
 
 	if metricsAddr != "" {

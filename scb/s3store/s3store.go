@@ -65,8 +65,9 @@ const (
 type Store struct {
 	obj    *rs3.Store
 	log    *slog.Logger
-	prefix string // obj.Prefix + Dir
-	mu     sync.Mutex
+	prefix string     // obj.Prefix + Dir
+	mu     sync.Mutex // one Put at a time from this handle
+	next   uint64     // the number the next Put tries; 0: list first
 	// now is the clock (tests).
 	now func() time.Time
 }
@@ -148,9 +149,10 @@ func (s *Store) objects(ctx context.Context) ([]object, error) {
 	return out, nil
 }
 
-// Put implements scb.Store: the next sequence number after the highest
-// listed, claimed with a conditional PUT; another writer that got there
-// first makes it list again and take the following number.
+// Put implements scb.Store. The next number comes from a listing, made once
+// and then whenever a conditional PUT finds the number taken (another writer
+// got there first): in the steady state a version costs one PUT, and the
+// condition, not the listing, is what keeps numbers unique.
 func (s *Store) Put(ctx context.Context, env []byte) (scb.Version, error) {
 	e, err := scb.DecodeEnvelope(env)
 	if err != nil {
@@ -159,23 +161,30 @@ func (s *Store) Put(ctx context.Context, env []byte) (scb.Version, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for attempt := 0; attempt < putAttempts; attempt++ {
-		objs, err := s.objects(ctx)
-		if err != nil {
-			return scb.Version{}, err
+		if s.next == 0 {
+			objs, err := s.objects(ctx)
+			if err != nil {
+				return scb.Version{}, err
+			}
+			s.next = 1
+			if len(objs) > 0 {
+				s.next = objs[len(objs)-1].seq + 1
+			}
 		}
-		var seq uint64 = 1
-		if len(objs) > 0 {
-			seq = objs[len(objs)-1].seq + 1
-		}
+		seq := s.next
 		stored := s.now().UTC()
 		err = s.putIfAbsent(ctx, Key(seq), env, stored)
 		if errors.Is(err, replica.ErrPrecondition) {
-			s.log.Debug("scb: sequence number taken by another writer, retrying", "store", s.String(), "seq", seq)
+			s.log.Debug("scb: sequence number taken by another writer, listing again", "store", s.String(), "seq", seq)
+			s.next = 0
 			continue
 		}
 		if err != nil {
+			// The PUT may still have landed: the next Put's condition
+			// then fails and a listing finds the true next number.
 			return scb.Version{}, err
 		}
+		s.next = seq + 1
 		id := scb.VersionID(seq, stored)
 		_, t, _ := scb.ParseVersionID(id) // the id's precision
 		return versionOf(id, seq, t, e.Header, int64(len(env))), nil

@@ -446,3 +446,45 @@ func FuzzDecodeListed(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseKey(f *testing.F) {
+	f.Add("scb/000000000001")
+	f.Add("scb/00000000001x")
+	f.Add("scb/")
+	f.Fuzz(func(t *testing.T, key string) {
+		seq, ok := s3store.ParseKey(key)
+		if ok != (seq != 0) {
+			t.Fatalf("ParseKey(%q) = %d, %v", key, seq, ok)
+		}
+		// A number maps to one key only: the conditional PUT relies on it.
+		if ok && s3store.Key(seq) != key {
+			t.Fatalf("ParseKey(%q) = %d, but Key(%d) = %q", key, seq, seq, s3store.Key(seq))
+		}
+	})
+}
+
+// A handle whose idea of the next number is stale (another process stored
+// meanwhile) finds out from the conditional PUT and takes the next free one.
+func TestStaleHandleTakesNextNumber(t *testing.T) {
+	ep, bkt := server(t)
+	url := s3test.URL(ep, bkt, "stale")
+	a, b := open(t, url), open(t, url)
+	for i, tc := range []struct {
+		st   *s3store.Store
+		want uint64
+	}{{a, 1}, {b, 2}, {a, 3}, {a, 4}, {b, 5}} {
+		v, err := tc.st.Put(ctx(t), seal(t, clnBackup(i+1, "")))
+		if err != nil || v.Seq != tc.want {
+			t.Fatalf("put %d: seq %d (%v), want %d", i, v.Seq, err, tc.want)
+		}
+	}
+	vs, err := a.List(ctx(t))
+	if err != nil || len(vs) != 5 {
+		t.Fatalf("%d versions (%v)", len(vs), err)
+	}
+	for i, v := range vs {
+		if v.Channels != i+1 {
+			t.Fatalf("version %d holds %d channels, want %d (overwritten?)", v.Seq, v.Channels, i+1)
+		}
+	}
+}
