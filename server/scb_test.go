@@ -363,8 +363,14 @@ func TestSCBStoreSwapperOverSocket(t *testing.T) {
 }
 
 // A reference-style server that closes the connection on an unknown packet
-// (as the original Python server does) is "not supported", at once.
+// (as the original Python server does), or answers it with NACK, is "not
+// supported", at once.
 func TestSCBAgainstClosingServer(t *testing.T) {
+	t.Run("close", func(t *testing.T) { testSCBAgainstRefusingServer(t, false, "closed the connection") })
+	t.Run("nack", func(t *testing.T) { testSCBAgainstRefusingServer(t, true, "refused lnvault's extension") })
+}
+
+func testSCBAgainstRefusingServer(t *testing.T, nack bool, want string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -379,16 +385,17 @@ func TestSCBAgainstClosingServer(t *testing.T) {
 			go func() {
 				defer c.Close()
 				var h [5]byte
-				if _, err := io.ReadFull(c, h[:]); err == nil && h[0] > 0x0b {
-					return // unknown packet type: drop the connection
+				if _, err := io.ReadFull(c, h[:]); err == nil && h[0] > 0x0b && nack {
+					c.Write([]byte{0x07, 0, 0, 0, 0}) // NACK without version, then close
 				}
+				// Otherwise an unknown packet type: drop the connection.
 			}()
 		}
 	}()
 	st := openSCB(t, "socket:"+ln.Addr().String()+"?timeout=20s")
 	start := time.Now()
 	_, err = st.List(context.Background())
-	if !errors.Is(err, socket.ErrNoSCB) || !strings.Contains(err.Error(), "closed the connection") {
+	if !errors.Is(err, socket.ErrNoSCB) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("list: %v", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {

@@ -7,6 +7,10 @@
 // first one that sends CHANGE, SNAPSHOT, REWIND or COMPACT becomes the writer
 // until it disconnects; any other gets a NACK. Every refused request gets a
 // NACK carrying the backup's head version.
+//
+// With Config.SCB set, the server also keeps the static channel backups that
+// lnvault clients send through the protocol extension described in package
+// wire (HELLO, SCB_PUT, SCB_LIST, SCB_GET); reference clients never see it.
 package server
 
 import (

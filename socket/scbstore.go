@@ -104,6 +104,9 @@ func (s *SCBStore) connect(ctx context.Context) (*scbConn, error) {
 	case wire.TypeMetadata:
 		c.close()
 		return nil, fmt.Errorf("%w: %s speaks only the base backup protocol (a reference server, or an older lnvault); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
+	case wire.TypeNack:
+		c.close()
+		return nil, fmt.Errorf("%w: %s refused lnvault's extension request (a server without extensions); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
 	case wire.TypeFeatures:
 	default:
 		c.close()
