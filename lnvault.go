@@ -132,6 +132,16 @@ type VersionAtTimer interface {
 	VersionAt(ctx context.Context, t time.Time) (uint32, error)
 }
 
+// TargetStreamer is implemented by backends that can start a stream at the
+// newest snapshot at or before a target version (object storage keeps old
+// snapshots), so a point-in-time restore need not start at the newest one.
+type TargetStreamer interface {
+	// StreamTo calls fn, in order, for the changes that materialise the
+	// database at target, possibly followed by later ones (the caller
+	// stops with ErrStop).
+	StreamTo(ctx context.Context, target uint32, fn func(*Change) error) error
+}
+
 // Errors shared by backends. Wrap them with %w so callers can use errors.Is.
 var (
 	// ErrStop ends a Stream early without error.

@@ -81,7 +81,7 @@ func Restore(ctx context.Context, b lnvault.Backend, dest string, opts Options) 
 	}()
 
 	bar := newBar(ctx, b, opts.Progress, target == md.Version)
-	n, err := apply(ctx, b, tmp.a, target, bar)
+	n, err := apply(ctx, b, tmp.a, target, opts.ToVersion != 0, bar)
 	if bar != nil {
 		_ = bar.Finish()
 	}
@@ -217,12 +217,17 @@ func (t *temp) discard(ctx context.Context) {
 // apply streams b into a up to and including every change of version target,
 // checking that versions are continuous. It returns how many changes it
 // applied.
-func apply(ctx context.Context, b lnvault.Backend, a *dbapply.Applier, target uint32, bar *progressbar.ProgressBar) (int64, error) {
+func apply(ctx context.Context, b lnvault.Backend, a *dbapply.Applier, target uint32, explicit bool, bar *progressbar.ProgressBar) (int64, error) {
 	var (
 		n    int64
 		last uint32
 	)
-	err := b.Stream(ctx, 0, func(c *lnvault.Change) error {
+	stream := func(fn func(*lnvault.Change) error) error { return b.Stream(ctx, 0, fn) }
+	if ts, ok := b.(lnvault.TargetStreamer); ok && explicit {
+		// Object storage: start at the newest snapshot at or before target.
+		stream = func(fn func(*lnvault.Change) error) error { return ts.StreamTo(ctx, target, fn) }
+	}
+	err := stream(func(c *lnvault.Change) error {
 		if n == 0 && c.Version > target {
 			return fmt.Errorf("version %d is not in the backup: its oldest change is version %d (older versions were compacted away or predate the backup); restore a later version", target, c.Version)
 		}
@@ -244,6 +249,13 @@ func apply(ctx context.Context, b lnvault.Backend, a *dbapply.Applier, target ui
 		}
 		return nil
 	})
+	var ce *lnvault.CorruptError
+	if err != nil && explicit && n > 0 && last == target && errors.As(err, &ce) && ce.Version == target {
+		// The damage lies after every change of the version the user asked
+		// for (e.g. the head record of an append interrupted by a crash):
+		// what was asked for is whole.
+		err = nil
+	}
 	if err != nil {
 		if errors.Is(err, lnvault.ErrCorrupt) {
 			return n, fmt.Errorf("cannot restore: %w (nothing was written; restore from another copy of the backup)", err)

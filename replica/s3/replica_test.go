@@ -50,31 +50,18 @@ func replayHash(t *testing.T, reqs []corpus.Request, to uint32) string {
 	return h
 }
 
-// restoreTo restores b at version target through StreamTo (the newest
-// snapshot at or before target) and returns the dump hash.
+// restoreTo restores b at version target with restore.Restore (which starts
+// at the newest snapshot at or before target through StreamTo) and returns
+// the dump hash.
 func restoreTo(t *testing.T, b *replica.Backend, target uint32) (string, error) {
 	t.Helper()
-	ctx := context.Background()
 	p := filepath.Join(t.TempDir(), "pit.sqlite3")
-	a, err := dbapply.Create(ctx, p)
+	res, err := restore.Restore(context.Background(), b, p, restore.Options{ToVersion: target})
 	if err != nil {
-		t.Fatal(err)
-	}
-	err = b.StreamTo(ctx, target, func(c *lnvault.Change) error {
-		if c.Version > target {
-			return lnvault.ErrStop
-		}
-		return a.Apply(ctx, c)
-	})
-	if err != nil {
-		a.Close(ctx)
 		return "", err
 	}
-	if a.Version() != target {
-		t.Fatalf("restore stopped at version %d, want %d", a.Version(), target)
-	}
-	if err := a.Finish(ctx); err != nil {
-		t.Fatal(err)
+	if res.Version != target {
+		t.Fatalf("restore stopped at version %d, want %d", res.Version, target)
 	}
 	return dumphash.Of(p)
 }
