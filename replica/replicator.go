@@ -45,6 +45,9 @@ type ReplicatorStatus struct {
 	CatchingUp     bool          `json:"catching_up"`
 	LastUpload     time.Time     `json:"last_upload"`
 	LastError      string        `json:"last_error,omitempty"`
+	// UploadErrors counts failed rounds (uploads, resyncs, compactions)
+	// since the replicator started; each is retried with backoff.
+	UploadErrors uint64 `json:"upload_errors"`
 }
 
 // Replicator ships the changes of a local backend to a replica in the
@@ -68,6 +71,7 @@ type Replicator struct {
 	needResync   bool
 	compactReq   bool
 	lastErr      error
+	errCount     uint64
 	lastUpload   time.Time
 	appends      uint64 // local appends and rewinds, to see if a resync raced one
 
@@ -112,6 +116,10 @@ func (r *Replicator) Backend() lnvault.Backend { return replicated{r} }
 // Replica is the replica backend.
 func (r *Replicator) Replica() *Backend { return r.rb }
 
+// Local is the backend being replicated (itself replicated when several
+// replicas are chained, see ReplicatorsOf).
+func (r *Replicator) Local() lnvault.Backend { return r.local }
+
 // Status reports the replication state.
 func (r *Replicator) Status() ReplicatorStatus {
 	md := r.rb.Metadata()
@@ -119,7 +127,7 @@ func (r *Replicator) Status() ReplicatorStatus {
 	defer r.mu.Unlock()
 	st := ReplicatorStatus{URL: r.rb.client.String(), Generation: r.rb.Generation(), ReplicaVersion: md.Version, ReplicaCount: md.VersionCount,
 		LocalVersion: r.local.Metadata().Version, PendingChanges: len(r.queue), PendingBytes: r.queueBytes,
-		CatchingUp: r.needResync, LastUpload: r.lastUpload}
+		CatchingUp: r.needResync, LastUpload: r.lastUpload, UploadErrors: r.errCount}
 	if !r.pendingSince.IsZero() {
 		st.Lag = time.Since(r.pendingSince)
 	}
@@ -170,6 +178,9 @@ func (r *Replicator) step(ctx context.Context) error {
 	err := r.stepInner(ctx)
 	r.mu.Lock()
 	r.lastErr = err
+	if err != nil {
+		r.errCount++
+	}
 	r.flushed.Broadcast()
 	r.mu.Unlock()
 	return err
@@ -516,7 +527,21 @@ func (w replicated) Close() error {
 	return errors.Join(w.r.Close(), w.r.local.Close())
 }
 
-// Replicator returns the Replicator behind a backend returned by Backend().
+// ReplicatorsOf returns every Replicator of a chain of Backend() wrappers
+// (one per --replicate), outermost first.
+func ReplicatorsOf(b lnvault.Backend) []*Replicator {
+	var out []*Replicator
+	for {
+		r, ok := ReplicatorOf(b)
+		if !ok {
+			return out
+		}
+		out = append(out, r)
+		b = r.local
+	}
+}
+
+// ReplicatorOf returns the Replicator behind a backend returned by Backend().
 func ReplicatorOf(b lnvault.Backend) (*Replicator, bool) {
 	w, ok := b.(replicated)
 	if !ok {

@@ -12,6 +12,7 @@ import (
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/wire"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 )
 
@@ -19,6 +20,11 @@ import (
 // order (for example to replicate every change to object storage). Other
 // files add to it from their init.
 var serverBackendHooks []func(cmd *cobra.Command, b lnvault.Backend) (lnvault.Backend, error)
+
+// serverMetricsHooks add collectors to the server's Prometheus registry for
+// what the backend hooks added (for example the replicas' lag); b is the
+// backend as the hooks returned it.
+var serverMetricsHooks []func(b lnvault.Backend, reg prometheus.Registerer) error
 
 var serverCmd = &cobra.Command{
 	Use:   "server BACKEND_URL ADDR",
@@ -129,6 +135,12 @@ func runServer(cmd *cobra.Command, args []string) error {
 		Logger:               log,
 		SCB:                  scbStore,
 	}, b)
+	for _, hook := range serverMetricsHooks {
+		if err := hook(b, srv.Registry()); err != nil {
+			b.Close()
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 
 	if metricsAddr != "" {
 		ln, err := net.Listen("tcp", metricsAddr)

@@ -1,0 +1,80 @@
+package lnvault_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/lnvault/lnvault"
+)
+
+func TestCheckNext(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		head lnvault.Metadata
+		next uint32
+		ok   bool
+	}{
+		{"empty backup takes any version", lnvault.Metadata{}, 4711, true},
+		{"next version", lnvault.Metadata{Version: 5, PrevVersion: 4, VersionCount: 5}, 6, true},
+		{"migration repeat", lnvault.Metadata{Version: 1, VersionCount: 1}, 1, true},
+		{"skip", lnvault.Metadata{Version: 5, VersionCount: 5}, 7, false},
+		{"backwards", lnvault.Metadata{Version: 5, VersionCount: 5}, 4, false},
+		{"rewound to zero but not empty", lnvault.Metadata{Version: 0, VersionCount: 1}, 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := lnvault.CheckNext(tc.head, tc.next)
+			if (err == nil) != tc.ok {
+				t.Fatalf("CheckNext(%+v, %d) = %v, want ok=%v", tc.head, tc.next, err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, lnvault.ErrVersion) {
+				t.Fatalf("error %v does not wrap ErrVersion", err)
+			}
+		})
+	}
+}
+
+func TestCorruptError(t *testing.T) {
+	err := error(&lnvault.CorruptError{Offset: 1024, Version: 7, Reason: "checksum mismatch"})
+	if !errors.Is(err, lnvault.ErrCorrupt) {
+		t.Fatal("CorruptError must wrap ErrCorrupt")
+	}
+	if got := err.Error(); got != "backup is corrupt at offset 1024 (version 7): checksum mismatch" {
+		t.Fatalf("message %q", got)
+	}
+	obj := &lnvault.CorruptError{Offset: -1, Object: "g/segments/1-2.seg.zst", Reason: "missing"}
+	if !strings.Contains(obj.Error(), "in object g/segments/1-2.seg.zst") {
+		t.Fatalf("message %q does not name the object", obj.Error())
+	}
+}
+
+func TestSchemeAndUnknownURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"file:///x":        "file",
+		"socket:host:1":    "socket",
+		"S3://bucket/p":    "s3",
+		"/no/scheme":       "",
+		":empty":           "",
+		"socket:[::1]:123": "socket",
+	} {
+		if got := lnvault.Scheme(in); got != want {
+			t.Errorf("Scheme(%q) = %q, want %q", in, got, want)
+		}
+	}
+	_, err := lnvault.Open(context.Background(), "ftp://host/x", lnvault.OpenOptions{})
+	if err == nil || !strings.Contains(err.Error(), `unsupported backup URL "ftp://host/x"`) {
+		t.Fatalf("unknown scheme: %v", err)
+	}
+}
+
+func TestRegisterTwicePanics(t *testing.T) {
+	open := func(context.Context, string, lnvault.OpenOptions) (lnvault.Backend, error) { return nil, nil }
+	lnvault.Register("test-twice", open)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("registering a scheme twice must panic")
+		}
+	}()
+	lnvault.Register("test-twice", open)
+}
