@@ -31,7 +31,11 @@
 //     trip.
 //   - Replicator, the server's second tier (lnvault server --replicate):
 //     changes are uploaded in background segments every second or 1 MiB, so
-//     the cost is at most 1 PUT per second; lag is in Status().
+//     the cost is at most 1 PUT per second; lag is in Status(), which the
+//     server exports on --metrics-addr as lnvault_replica_lag_versions,
+//     lnvault_replica_lag_seconds, lnvault_replica_last_upload_timestamp_seconds
+//     and lnvault_replica_upload_errors_total. A server restarted after a
+//     crash waits up to one lease TTL for its dead predecessor's lease.
 //
 // Known limit: deleting the newest segment(s) of a generation cannot be told
 // from their never having been written (no object names the head): such a

@@ -263,3 +263,44 @@ func TestReplicatorKill(t *testing.T) {
 		t.Fatalf("generations %v, want 1 (resumed, not restarted)", gens)
 	}
 }
+
+// Chained replicators (one per --replicate) are all found from the outer
+// backend, outermost first, and each reports its own status; a change
+// reaches every replica.
+func TestReplicatorsOfChain(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	local, err := lnvault.Open(ctx, "file://"+filepath.Join(dir, "node.dbak"), lnvault.OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := replica.ReplicatorsOf(local); len(rs) != 0 {
+		t.Fatalf("a plain backend has replicators %v", rs)
+	}
+	ra := replica.NewReplicator(local, openReplica(t, "dir://"+filepath.Join(dir, "a"), lnvault.OpenOptions{Create: true}), replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond})
+	rb := replica.NewReplicator(ra.Backend(), openReplica(t, "dir://"+filepath.Join(dir, "b"), lnvault.OpenOptions{Create: true}), replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond})
+	w := rb.Backend()
+	rs := replica.ReplicatorsOf(w)
+	if len(rs) != 2 || rs[0] != rb || rs[1] != ra || rb.Local().Metadata() != ra.Backend().Metadata() {
+		t.Fatalf("ReplicatorsOf = %v, want [outer inner]", rs)
+	}
+	reqs := corpus.MustLoad()[:20]
+	for _, q := range reqs {
+		if err := w.Append(ctx, q.Change()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := reqs[len(reqs)-1].DataVersion
+	for _, r := range rs {
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		st := r.Status()
+		if st.ReplicaVersion != want || st.ReplicaCount != uint64(len(reqs)) || st.LocalVersion != want || st.Lag != 0 || st.UploadErrors != 0 || st.LastUpload.IsZero() {
+			t.Fatalf("status of %s: %+v", st.URL, st)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
