@@ -146,14 +146,9 @@ func Run(ctx context.Context, cfg Config) error {
 	p.AddOption(clnplugin.Option{Name: OptCompactChanges, Type: "int", Default: DefaultCompactChanges,
 		Description: "Compact the backup automatically after this many changes (0: never)"})
 
-	p.AddHook("db_write", func(ctx context.Context, params json.RawMessage) (any, error) {
-		var req struct {
-			DataVersion *uint32  `json:"data_version"`
-			Writes      []string `json:"writes"`
-		}
-		if err := json.Unmarshal(params, &req); err != nil {
-			return nil, fmt.Errorf("malformed db_write params: %w", err)
-		}
+	// lightningd waits for the db_write answer before anything else, so it is
+	// handled where it is read (no goroutine hand-off on the ack path).
+	clnplugin.AddTypedSyncHook(p, "db_write", func(ctx context.Context, req *dbWriteParams) (any, error) {
 		if req.DataVersion == nil {
 			return nil, errors.New("malformed db_write params: no data_version")
 		}
@@ -237,7 +232,15 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-var continueResult = map[string]string{"result": "continue"}
+// dbWriteParams are the db_write hook's params.
+type dbWriteParams struct {
+	DataVersion *uint32  `json:"data_version"`
+	Writes      []string `json:"writes"`
+}
+
+// continueResult is db_write's answer, pre-encoded: clnplugin writes a
+// json.RawMessage result as is.
+var continueResult = json.RawMessage(`{"result":"continue"}`)
 
 // checkWallet stops the node when its database is not SQLite, as the
 // reference does. An RPC failure is only logged: the backup does not need it.

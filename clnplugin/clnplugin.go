@@ -4,9 +4,12 @@
 // notifications (with a slog.Handler that emits them).
 //
 // Concurrency rules: requests for one hook are handled in arrival order, one at
-// a time (db_write must be); RPC methods and init run in their own goroutines so
-// that a long method (backup-compact) never delays a hook; notifications run in
-// order on one goroutine. Every message goes out in one Write under a mutex.
+// a time (db_write must be); synchronous hooks (AddSyncHook, for hooks such as
+// db_write that lightningd waits for) run on the goroutine that reads the
+// stream, other hooks each on their own worker; RPC methods and init run in
+// their own goroutines so that a long method (backup-compact) never delays a
+// hook; notifications run in order on one goroutine. Every message goes out
+// in one Write under a mutex.
 package clnplugin
 
 import (
@@ -114,16 +117,19 @@ type InitFunc func(ctx context.Context, req *InitRequest) error
 
 // Plugin is one plugin. Configure it before Run.
 type Plugin struct {
-	options  []Option
-	methods  map[string]Method
-	hooks    map[string]Handler
-	hookList []string
-	subs     map[string][]func(context.Context, json.RawMessage)
-	inits    []InitFunc
-	manifest map[string]any
+	options    []Option
+	methods    map[string]Method
+	hooks      map[string]Handler
+	hookList   []string
+	syncHooks  map[string]bool
+	typedHooks map[string]typedHook
+	subs       map[string][]func(context.Context, json.RawMessage)
+	inits      []InitFunc
+	manifest   map[string]any
 
-	wmu sync.Mutex
-	w   io.Writer
+	wmu  sync.Mutex
+	w    io.Writer
+	rbuf []byte // sendResult's buffer, reused under wmu
 
 	log *slog.Logger
 
@@ -158,6 +164,71 @@ func (p *Plugin) AddHook(name string, h Handler) {
 		p.hookList = append(p.hookList, name)
 	}
 	p.hooks[name] = h
+	delete(p.syncHooks, name)
+	delete(p.typedHooks, name)
+}
+
+// AddSyncHook registers the handler of a hook that lightningd waits for
+// before it sends anything else, such as db_write: the handler runs on the
+// goroutine that reads lightningd's stream, so an answer costs no goroutine
+// hand-off. Requests are handled in order, one at a time, as with AddHook;
+// RPC methods keep running in their own goroutines alongside. While the
+// handler runs, no further message is read: it must never wait for anything
+// that arrives over this stream (another hook, a notification).
+func (p *Plugin) AddSyncHook(name string, h Handler) {
+	p.AddHook(name, h)
+	if p.syncHooks == nil {
+		p.syncHooks = map[string]bool{}
+	}
+	p.syncHooks[name] = true
+}
+
+// AddTypedSyncHook is AddSyncHook for a handler that takes its params as a
+// *T: they are decoded in the same encoding/json pass as the message itself,
+// rather than kept as raw JSON and decoded again (db_write's params are most
+// of its bytes). Params that do not decode into T are answered with a
+// "malformed <name> params" error, as a Handler that decodes them would.
+func AddTypedSyncHook[T any](p *Plugin, name string, h func(ctx context.Context, params *T) (any, error)) {
+	p.AddSyncHook(name, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return nil, fmt.Errorf("malformed %s params: %w", name, err)
+		}
+		return h(ctx, &v)
+	})
+	if p.typedHooks == nil {
+		p.typedHooks = map[string]typedHook{}
+	}
+	p.typedHooks[name] = &typed[T]{name: name, h: h}
+}
+
+// typedHook runs a request of a typed hook from its whole message; false
+// means the message is not one it can take in one pass (malformed, a
+// notification, no params): the general path handles it, and says what is
+// wrong.
+type typedHook interface {
+	run(p *Plugin, ctx, hookCtx context.Context, obj []byte) bool
+}
+
+type typed[T any] struct {
+	name string
+	h    func(ctx context.Context, params *T) (any, error)
+}
+
+func (t *typed[T]) run(p *Plugin, ctx, hookCtx context.Context, obj []byte) bool {
+	var m struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Method  string          `json:"method"`
+		Params  *T              `json:"params"`
+	}
+	if json.Unmarshal(obj, &m) != nil || m.Method != t.name || len(m.ID) == 0 || string(m.ID) == "null" || m.Params == nil {
+		return false
+	}
+	p.runHook(ctx, hookCtx, t.name, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		return t.h(ctx, m.Params)
+	}, m.ID, nil)
+	return true
 }
 
 // Subscribe adds fn for notifications of topic. All notifications are
@@ -252,6 +323,25 @@ func (p *Plugin) send(v any) error {
 	return err
 }
 
+// sendResult writes a result that is already JSON (a handler returned a
+// json.RawMessage, such as db_write's constant answer) without going
+// through json.Marshal: the id and the result are copied as they are.
+func (p *Plugin) sendResult(id, result json.RawMessage) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if p.w == nil {
+		return errors.New("plugin is not running")
+	}
+	b := append(p.rbuf[:0], `{"jsonrpc":"2.0","id":`...)
+	b = append(b, id...)
+	b = append(b, `,"result":`...)
+	b = append(b, result...)
+	b = append(b, "}\n\n"...)
+	p.rbuf = b
+	_, err := p.w.Write(b)
+	return err
+}
+
 // SetOutput sets where messages go before Run starts, so that a plugin can
 // log (e.g. why it cannot start) before serving requests.
 func (p *Plugin) SetOutput(w io.Writer) {
@@ -271,6 +361,9 @@ func (p *Plugin) Notify(method string, params any) error {
 
 func (p *Plugin) respond(id json.RawMessage, result any, err error) error {
 	if err == nil {
+		if raw, ok := result.(json.RawMessage); ok && json.Valid(raw) && json.Valid(id) {
+			return p.sendResult(id, raw)
+		}
 		if result == nil {
 			result = struct{}{}
 		}
@@ -299,6 +392,11 @@ type hookReq struct {
 // Run serves lightningd on r (stdin) and w (stdout) until r ends, ctx is
 // cancelled or Fatal is called. Hook requests already received are finished
 // before Run returns. It returns nil on a clean end of input.
+//
+// The goroutine that reads r dispatches each message itself (no hand-off to
+// another goroutine), and runs synchronous hooks (AddSyncHook) in place: a
+// db_write is decoded, made durable and answered without waking any other
+// goroutine, which is most of the plugin's share of the ack latency.
 func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 	p.wmu.Lock()
 	p.w = w
@@ -312,29 +410,22 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 
 	// Hook workers: one goroutine per hook, FIFO, so order is kept. Their
 	// context is not cancelled by end of input: a change being made durable
-	// is finished.
+	// is finished. Synchronous hooks have no worker: the reader runs them.
 	hookCtx, hookCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hookCancel()
 	var hookWG sync.WaitGroup
 	queues := map[string]chan hookReq{}
 	for name, h := range p.hooks {
+		if p.syncHooks[name] {
+			continue
+		}
 		q := make(chan hookReq, 1024)
 		queues[name] = q
 		hookWG.Add(1)
 		go func() {
 			defer hookWG.Done()
 			for req := range q {
-				if hookCtx.Err() != nil {
-					p.respond(req.id, nil, fmt.Errorf("plugin is stopping: %w", context.Cause(ctx)))
-					continue
-				}
-				res, err := h(hookCtx, req.params)
-				if err != nil {
-					p.log.Error("hook failed", "hook", name, "err", err)
-				}
-				if werr := p.respond(req.id, res, err); werr != nil {
-					p.Fatal(fmt.Errorf("writing the %s answer to lightningd: %w", name, werr))
-				}
+				p.runHook(ctx, hookCtx, name, h, req.id, req.params)
 			}
 		}()
 	}
@@ -350,13 +441,20 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 		}
 	}()
 
-	msgs := make(chan message)
+	// d serialises the reader's dispatch with the shutdown below: once
+	// stopped is set no message is dispatched any more (so the queues can be
+	// closed and the WaitGroups waited for), and a synchronous hook that is
+	// running is finished first.
+	var d struct {
+		sync.Mutex
+		stopped bool
+	}
 	readErr := make(chan error, 1)
 	go func() {
-		dec := json.NewDecoder(r)
+		fr := newFramer(r)
 		for {
-			var m message
-			if err := dec.Decode(&m); err != nil {
+			obj, method, err := fr.next()
+			if err != nil {
 				if errors.Is(err, io.EOF) {
 					err = nil
 				} else {
@@ -365,71 +463,44 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 				readErr <- err
 				return
 			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				readErr <- nil
+			d.Lock()
+			if d.stopped || ctx.Err() != nil {
+				d.Unlock()
+				return
+			}
+			if th, ok := p.typedHooks[string(method)]; ok && method != nil && th.run(p, ctx, hookCtx, obj) {
+				d.Unlock()
+				continue
+			}
+			var m message
+			if err := json.Unmarshal(obj, &m); err != nil {
+				d.Unlock()
+				readErr <- fmt.Errorf("reading lightningd's requests: %w", err)
+				return
+			}
+			err = p.dispatch(ctx, hookCtx, m, queues, notes, &workWG)
+			d.Unlock()
+			if err != nil {
+				readErr <- err
 				return
 			}
 		}
 	}()
 
 	var runErr error
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			break loop
-		case err := <-readErr:
-			runErr = err
-			break loop
-		case m := <-msgs:
-			if m.Method == "" {
-				continue // an answer: we never send requests on this stream
-			}
-			if len(m.ID) == 0 || string(m.ID) == "null" {
-				select {
-				case notes <- m:
-				case <-ctx.Done():
-				}
-				continue
-			}
-			switch m.Method {
-			case "getmanifest":
-				if err := p.respond(m.ID, p.Manifest(), nil); err != nil {
-					runErr = err
-					break loop
-				}
-			case "init":
-				workWG.Add(1)
-				go func() {
-					defer workWG.Done()
-					p.handleInit(ctx, m)
-				}()
-			default:
-				if q, ok := queues[m.Method]; ok {
-					q <- hookReq{id: m.ID, params: m.Params}
-					continue
-				}
-				meth, ok := p.methods[m.Method]
-				if !ok {
-					p.respond(m.ID, nil, &Error{Code: CodeMethodNotFound, Message: "unknown method " + m.Method})
-					continue
-				}
-				workWG.Add(1)
-				go func() {
-					defer workWG.Done()
-					res, err := meth.Handler(ctx, m.Params)
-					p.respond(m.ID, res, err)
-				}()
-			}
-		}
+	select {
+	case <-ctx.Done():
+	case runErr = <-readErr:
 	}
+	fatal := context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled)
+	if fatal {
+		hookCancel() // fatal: answer what is queued with an error, fast
+	}
+	d.Lock()
+	d.stopped = true
+	d.Unlock()
 	for _, q := range queues {
 		close(q)
-	}
-	if context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
-		hookCancel() // fatal: answer what is queued with an error, fast
 	}
 	hookWG.Wait()
 	cancel(context.Canceled)
@@ -442,6 +513,67 @@ loop:
 		return nil
 	}
 	return runErr
+}
+
+// dispatch handles one message from lightningd on the reader goroutine. It
+// returns an error only when Run must stop.
+func (p *Plugin) dispatch(ctx, hookCtx context.Context, m message, queues map[string]chan hookReq, notes chan<- message, workWG *sync.WaitGroup) error {
+	if m.Method == "" {
+		return nil // an answer: we never send requests on this stream
+	}
+	if len(m.ID) == 0 || string(m.ID) == "null" {
+		select {
+		case notes <- m:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	if h, ok := p.hooks[m.Method]; ok {
+		if q, ok := queues[m.Method]; ok {
+			q <- hookReq{id: m.ID, params: m.Params}
+		} else {
+			p.runHook(ctx, hookCtx, m.Method, h, m.ID, m.Params)
+		}
+		return nil
+	}
+	switch m.Method {
+	case "getmanifest":
+		return p.respond(m.ID, p.Manifest(), nil)
+	case "init":
+		workWG.Add(1)
+		go func() {
+			defer workWG.Done()
+			p.handleInit(ctx, m)
+		}()
+		return nil
+	}
+	meth, ok := p.methods[m.Method]
+	if !ok {
+		p.respond(m.ID, nil, &Error{Code: CodeMethodNotFound, Message: "unknown method " + m.Method})
+		return nil
+	}
+	workWG.Add(1)
+	go func() {
+		defer workWG.Done()
+		res, err := meth.Handler(ctx, m.Params)
+		p.respond(m.ID, res, err)
+	}()
+	return nil
+}
+
+// runHook runs one hook request and answers it.
+func (p *Plugin) runHook(ctx, hookCtx context.Context, name string, h Handler, id, params json.RawMessage) {
+	if hookCtx.Err() != nil {
+		p.respond(id, nil, fmt.Errorf("plugin is stopping: %w", context.Cause(ctx)))
+		return
+	}
+	res, err := h(hookCtx, params)
+	if err != nil {
+		p.log.Error("hook failed", "hook", name, "err", err)
+	}
+	if werr := p.respond(id, res, err); werr != nil {
+		p.Fatal(fmt.Errorf("writing the %s answer to lightningd: %w", name, werr))
+	}
 }
 
 func (p *Plugin) handleInit(ctx context.Context, m message) {

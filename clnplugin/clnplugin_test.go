@@ -130,11 +130,7 @@ func TestDispatchOrderAndConcurrency(t *testing.T) {
 		mu.Unlock()
 		return map[string]string{"result": "continue"}, nil
 	})
-	release := make(chan struct{})
-	p.AddMethod(Method{Name: "slow", Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
-		<-release
-		return map[string]int{"ok": 1}, nil
-	}})
+	release := addSlow(p)
 	r := start(t, p)
 	var buf bytes.Buffer
 	buf.WriteString(`{"jsonrpc":"2.0","id":"x#1","method":"slow","params":{}}`)
@@ -145,14 +141,7 @@ func TestDispatchOrderAndConcurrency(t *testing.T) {
 		}
 	}
 	// Byte by byte in places, back to back in others.
-	go func() {
-		b := buf.Bytes()
-		for len(b) > 0 {
-			n := min(len(b), 7)
-			r.in.Write(b[:n])
-			b = b[n:]
-		}
-	}()
+	go feed(r.in, buf.Bytes(), 7)
 	for i := 1; i <= 20; i++ {
 		m := r.next(t, nil)
 		if string(m.ID) != `"cln:db_write#`+itoa(i)+`"` || string(m.Result) != `{"result":"continue"}` {
@@ -310,9 +299,16 @@ func FuzzRun(f *testing.F) {
 	f.Add([]byte(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{}}`))
 	f.Add([]byte(`{"jsonrpc":"2.0","id":"cln:db_write#2","method":"db_write","params":{"data_version":1,"writes":["x"]}}{"id":3,"method":"init","params":{"options":{"n":"1"}}}`))
 	f.Add([]byte(`{"method":"channel_opened","params":{}}{"id":null,"method":"x"}[1]`))
+	f.Add([]byte(`{"id":"a","method":"db_write","params":{"data_version":"x"}} {"id":"b","params":{"writes":["}\\\""]},"method":"db_write"}{"id":"c","method":"other","params":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := New()
-		p.AddHook("db_write", func(context.Context, json.RawMessage) (any, error) {
+		AddTypedSyncHook(p, "db_write", func(_ context.Context, q *struct {
+			V      *uint32  `json:"data_version"`
+			Writes []string `json:"writes"`
+		}) (any, error) {
+			return json.RawMessage(`{"result":"continue"}`), nil
+		})
+		p.AddHook("other", func(context.Context, json.RawMessage) (any, error) {
 			return map[string]string{"result": "continue"}, nil
 		})
 		p.AddMethod(Method{Name: "m", Handler: func(_ context.Context, params json.RawMessage) (any, error) { return params, nil }})
@@ -350,4 +346,164 @@ func (s *safeBuffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]byte(nil), s.b.Bytes()...)
+}
+
+// A typed synchronous hook is answered in order, one at a time, with its
+// params decoded; bad params get an error answer and the plugin goes on; a
+// slow RPC method does not hold it up.
+func TestTypedSyncHook(t *testing.T) {
+	p := New()
+	type params struct {
+		V      *uint32  `json:"data_version"`
+		Writes []string `json:"writes"`
+	}
+	var inHook atomic.Int32
+	var got []string
+	AddTypedSyncHook(p, "db_write", func(ctx context.Context, q *params) (any, error) {
+		if inHook.Add(1) != 1 {
+			t.Error("two db_write handlers at once")
+		}
+		defer inHook.Add(-1)
+		if q.V == nil {
+			return nil, errors.New("no data_version")
+		}
+		got = append(got, itoa(int(*q.V))+":"+strings.Join(q.Writes, "|"))
+		return json.RawMessage(`{"result":"continue"}`), nil
+	})
+	release := addSlow(p)
+	r := start(t, p)
+	var buf bytes.Buffer
+	buf.WriteString(`{"jsonrpc":"2.0","id":"x#1","method":"slow","params":{}}`)
+	for i := 1; i <= 20; i++ {
+		// Keys in another order, escapes and braces inside strings.
+		buf.WriteString(`{"params":{"writes":["INSERT INTO t VALUES ('{[\"` + itoa(i) + `\\')","b"],"data_version":` + itoa(i) + `},"method":"db_write","jsonrpc":"2.0","id":"cln:db_write#` + itoa(i) + `"}`)
+		if i%4 == 0 {
+			buf.WriteString("\n\n")
+		}
+	}
+	go feed(r.in, buf.Bytes(), 5)
+	for i := 1; i <= 20; i++ {
+		m := r.next(t, nil)
+		if string(m.ID) != `"cln:db_write#`+itoa(i)+`"` || string(m.Result) != `{"result":"continue"}` {
+			t.Fatalf("answer %d: id %s result %s error %+v", i, m.ID, m.Result, m.Error)
+		}
+	}
+	for i, g := range got {
+		if want := itoa(i+1) + `:INSERT INTO t VALUES ('{["` + itoa(i+1) + `\')|b`; g != want {
+			t.Fatalf("write %d decoded as %q, want %q", i, g, want)
+		}
+	}
+	// Params that do not fit, or are missing: an error answer, not a stop.
+	r.send(t, `{"jsonrpc":"2.0","id":"bad1","method":"db_write","params":{"data_version":"x","writes":[]}}`)
+	if m := r.next(t, nil); string(m.ID) != `"bad1"` || m.Error == nil || !strings.Contains(m.Error.Message, "malformed db_write params") {
+		t.Fatalf("bad params answer: %+v", m)
+	}
+	r.send(t, `{"jsonrpc":"2.0","id":"bad2","method":"db_write"}`)
+	if m := r.next(t, nil); string(m.ID) != `"bad2"` || m.Error == nil || !strings.Contains(m.Error.Message, "malformed db_write params") {
+		t.Fatalf("no params answer: %+v", m)
+	}
+	r.send(t, `{"jsonrpc":"2.0","id":"ok","method":"db_write","params":{"writes":[]}}`)
+	if m := r.next(t, nil); string(m.ID) != `"ok"` || m.Error == nil || m.Error.Message != "no data_version" {
+		t.Fatalf("handler error answer: %+v", m)
+	}
+	close(release)
+	if m := r.next(t, nil); string(m.ID) != `"x#1"` {
+		t.Fatalf("slow answer id %s", m.ID)
+	}
+	r.in.Close()
+	if err := <-r.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// The framer cuts the same objects out of a stream as encoding/json, and its
+// method hint is the decoded method whenever it gives one.
+func TestFramerMatchesDecoder(t *testing.T) {
+	for _, in := range []string{
+		`{"method":"db_write","id":1}{"id":2,"method":"init"}`,
+		" \n{\"a\":{\"method\":\"nested\"},\"method\":\"top\"}\n\n{}\t",
+		`{"method":"esc\"aped","x":"}}]]"}{"method":1,"k":"method"}`,
+		`{"k":"method","method":"m2","arr":[{"method":"no"},"\\"]}`,
+		`{"method":"a","method":"b"}`,
+	} {
+		checkFramer(t, []byte(in))
+	}
+}
+
+func checkFramer(t *testing.T, data []byte) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var want []json.RawMessage
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if err != io.EOF {
+				return // not a stream of valid values: nothing to compare
+			}
+			break
+		}
+		if raw[0] != '{' {
+			return
+		}
+		want = append(want, raw)
+	}
+	fr := newFramer(bytes.NewReader(data))
+	for i, w := range want {
+		obj, method, err := fr.next()
+		if err != nil {
+			t.Fatalf("%q: object %d: %v", data, i, err)
+		}
+		if !bytes.Equal(obj, w) {
+			t.Fatalf("%q: object %d is %q, want %q", data, i, obj, w)
+		}
+		var m struct {
+			Method any `json:"method"`
+		}
+		json.Unmarshal(w, &m)
+		if method != nil && m.Method != string(method) {
+			t.Fatalf("%q: object %d: method hint %q, decoded %v", data, i, method, m.Method)
+		}
+		if s, ok := m.Method.(string); ok && method == nil && !bytes.Contains(w, []byte(`\`)) && bytes.Count(w, []byte(`"method"`)) == 1 {
+			t.Fatalf("%q: object %d: no method hint for %q", data, i, s)
+		}
+	}
+	if _, _, err := fr.next(); err != io.EOF {
+		t.Fatalf("%q: after the last object: %v, want EOF", data, err)
+	}
+}
+
+func FuzzFramer(f *testing.F) {
+	f.Add([]byte(`{"jsonrpc":"2.0","id":"cln:db_write#2","method":"db_write","params":{"data_version":1,"writes":["x"]}}`))
+	f.Add([]byte(`{"method":"esc\"aped","x":"}}]]"} {"method":1}`))
+	f.Add([]byte("{\"a\":[{\"method\":\"n\"}],\"method\":\"t\"}\n\n{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkFramer(t, data)
+		// Whatever the input, next ends (EOF or an error) without panicking.
+		fr := newFramer(bytes.NewReader(data))
+		for range len(data) + 1 {
+			if _, _, err := fr.next(); err != nil {
+				return
+			}
+		}
+		t.Fatalf("%q: framer returned more objects than bytes", data)
+	})
+}
+
+// addSlow adds a method "slow" that answers once release is closed.
+func addSlow(p *Plugin) (release chan struct{}) {
+	release = make(chan struct{})
+	p.AddMethod(Method{Name: "slow", Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
+		<-release
+		return map[string]int{"ok": 1}, nil
+	}})
+	return release
+}
+
+// feed writes b to w in chunks of at most n bytes.
+func feed(w io.Writer, b []byte, n int) {
+	for len(b) > 0 {
+		k := min(len(b), n)
+		w.Write(b[:k])
+		b = b[k:]
+	}
 }
