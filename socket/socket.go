@@ -5,6 +5,7 @@
 package socket
 
 import (
+	"compress/zlib"
 	"context"
 	"errors"
 	"fmt"
@@ -128,7 +129,10 @@ func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 	b.conn = c
 	if b.rd == nil {
 		b.rd = wire.NewReader(c, wire.Limits{})
-		b.wr = wire.NewWriter(c)
+		// zlib's fastest level: the payload is compressed on the ack path,
+		// and compress/flate's default level clears 640 KiB of hash tables
+		// per stream. Any zlib stream is valid on the wire.
+		b.wr, _ = wire.NewWriterLevel(c, zlib.BestSpeed)
 	} else {
 		b.rd.Reset(c)
 		b.wr.Reset(c)
