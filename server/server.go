@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -264,6 +265,9 @@ type conn struct {
 	wmu    sync.Mutex // the compaction goroutine writes too
 	wr     *wire.Writer
 	busy   atomic.Bool // inside a request: shutdown lets it finish
+	// compactAside: the client asked for FeatureCompact, so its COMPACT
+	// does not need (nor take) the writer role.
+	compactAside bool
 }
 
 // interrupt unblocks a connection waiting for its next request; one busy
@@ -403,7 +407,7 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 	case wire.TypeRestore:
 		return c.restore(log)
 	case wire.TypeCompact:
-		if !s.claimWriter(c) {
+		if !c.compactAside && !s.claimWriter(c) {
 			return c.nack("second_writer", log, "request", "COMPACT")
 		}
 		s.mu.Lock()
@@ -490,10 +494,11 @@ func (c *conn) handleExt(p wire.Packet, log *slog.Logger) error {
 	s := c.s
 	st := s.cfg.SCB
 	if p.Type == wire.TypeHello {
-		features := []string{}
+		features := []string{wire.FeatureCompact}
 		if st != nil {
 			features = append(features, wire.FeatureSCB)
 		}
+		c.compactAside = slices.Contains(p.Features, wire.FeatureCompact)
 		log.Debug("extension hello", "client_features", p.Features, "features", features)
 		return c.send(func(w *wire.Writer) error { return w.WriteFeatures(wire.TypeFeatures, features) })
 	}

@@ -1,16 +1,11 @@
 package socket
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"slices"
-	"time"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/scb"
@@ -57,109 +52,22 @@ func (s *SCBStore) String() string { return "socket:" + s.cfg.Addr() }
 // Close releases nothing: connections live for one operation.
 func (s *SCBStore) Close() error { return nil }
 
-// scbConn is one connection that has agreed on the SCB feature.
-type scbConn struct {
-	s    *SCBStore
-	nc   net.Conn
-	rd   *wire.Reader
-	wr   *wire.Writer
-	stop func() bool
-}
-
-func (c *scbConn) close() {
-	c.stop()
-	c.rd.Close()
-	c.nc.Close()
-}
-
-// connect dials and asks for the feature. HELLO and REQ_METADATA go out
-// together: an lnvault server answers FEATURES then METADATA; a reference
-// server that skips unknown packets answers METADATA alone; one that closes
-// the connection on them gives EOF. Only the first means support.
-func (s *SCBStore) connect(ctx context.Context) (*scbConn, error) {
-	nc, err := (&Backend{cfg: s.cfg}).dial(ctx)
-	if err != nil {
-		return nil, err
+// connect dials and asks for the SCB feature (see dialExt).
+func (s *SCBStore) connect(ctx context.Context) (*extConn, error) {
+	c, err := dialExt(ctx, s.cfg, wire.FeatureSCB, wire.DefaultMaxSCB, s.cfg.Timeout)
+	var ne *noExtError
+	if !errors.As(err, &ne) {
+		return c, err
 	}
-	c := &scbConn{s: s, nc: nc, rd: wire.NewReader(idleConn{nc, s.cfg.Timeout}, wire.Limits{MaxPacket: wire.DefaultMaxSCB}), wr: wire.NewWriter(nc)}
-	c.stop = context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	var hello bytes.Buffer
-	w := wire.NewWriter(&hello)
-	w.WriteFeatures(wire.TypeHello, []string{wire.FeatureSCB})
-	w.WriteEmpty(wire.TypeReqMetadata)
-	nc.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
-	if _, err := nc.Write(hello.Bytes()); err != nil {
-		c.close()
-		return nil, c.netErr(ctx, "HELLO", err)
-	}
-	p, err := c.rd.Next()
-	if err != nil {
-		c.close()
-		if ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || isReset(err)) {
-			return nil, fmt.Errorf("%w: %s closed the connection when asked for lnvault's extensions (a reference backup server?); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
-		}
-		return nil, c.netErr(ctx, "HELLO", err)
-	}
-	switch p.Type {
+	switch ne.answer {
 	case wire.TypeMetadata:
-		c.close()
 		return nil, fmt.Errorf("%w: %s speaks only the base backup protocol (a reference server, or an older lnvault); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
 	case wire.TypeNack:
-		c.close()
 		return nil, fmt.Errorf("%w: %s refused lnvault's extension request (a server without extensions); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
 	case wire.TypeFeatures:
-	default:
-		c.close()
-		return nil, &protocolError{fmt.Sprintf("backup server %s answered HELLO with %v", s.cfg.Addr(), p.Type)}
-	}
-	if !slices.Contains(p.Features, wire.FeatureSCB) {
-		c.close()
 		return nil, fmt.Errorf("%w: the lnvault server at %s keeps no static channel backups (start it with a file: backup, or with --scb URL)", ErrNoSCB, s.cfg.Addr())
 	}
-	if p, err = c.rd.Next(); err != nil || p.Type != wire.TypeMetadata {
-		c.close()
-		if err != nil {
-			return nil, c.netErr(ctx, "REQ_METADATA", err)
-		}
-		return nil, &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", s.cfg.Addr(), p.Type)}
-	}
-	return c, nil
-}
-
-func isReset(err error) bool {
-	var oe *net.OpError
-	return errors.As(err, &oe) && !oe.Timeout() && oe.Op == "read"
-}
-
-func (c *scbConn) netErr(ctx context.Context, what string, err error) error {
-	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
-		return &protocolError{fmt.Sprintf("backup server %s answered %s with a bad packet: %v", c.s.cfg.Addr(), what, err)}
-	}
-	return (&Backend{cfg: c.s.cfg}).netErr(ctx, what, "waiting for the answer to", c.s.cfg.Timeout, err)
-}
-
-// request sends one packet and reads the first answer; EXT_ERROR becomes an
-// error carrying the server's message.
-func (c *scbConn) request(ctx context.Context, what string, send func(w *wire.Writer) error) (wire.Packet, error) {
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.Timeout))
-	if err := send(c.wr); err != nil {
-		if isNetErr(err) {
-			return wire.Packet{}, (&Backend{cfg: c.s.cfg}).netErr(ctx, what, "sending", c.s.cfg.Timeout, err)
-		}
-		return wire.Packet{}, err
-	}
-	return c.next(ctx, what)
-}
-
-func (c *scbConn) next(ctx context.Context, what string) (wire.Packet, error) {
-	p, err := c.rd.Next()
-	if err != nil {
-		return p, c.netErr(ctx, what, err)
-	}
-	if p.Type == wire.TypeExtError {
-		return p, fmt.Errorf("backup server %s: %s", c.s.cfg.Addr(), p.Text)
-	}
-	return p, nil
+	return nil, fmt.Errorf("%w: %s closed the connection when asked for lnvault's extensions (a reference backup server?); keep static channel backups elsewhere (file:, dir:, s3://)", ErrNoSCB, s.cfg.Addr())
 }
 
 // Put implements scb.Store: it returns once the server has stored the

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lnvault/lnvault"
@@ -44,6 +45,8 @@ type Backend struct {
 	wr   *wire.Writer
 	// rewound: the last operation was a rewind (a second is refused locally).
 	rewound bool
+	// noAside: the server cannot compact beside the writer's connection.
+	noAside atomic.Bool
 
 	metaMu sync.Mutex
 	meta   lnvault.Metadata
@@ -408,6 +411,15 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	if b.opts.ReadOnly {
 		return lnvault.CompactStats{}, errors.New("socket backend opened read-only: cannot compact")
 	}
+	if !b.noAside.Load() {
+		st, err := b.compactAside(ctx)
+		var ne *noExtError
+		if !errors.As(err, &ne) {
+			return st, err
+		}
+		b.noAside.Store(true)
+		b.log.Info("the backup server compacts only on the writer's connection: appends wait for the compaction", "server", b.cfg.Addr(), "why", ne.Error())
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.conn == nil {
@@ -422,14 +434,45 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		b.dropLocked()
 		return lnvault.CompactStats{}, err
 	}
+	st, err := b.compactAnswer(p)
+	var pe *protocolError
+	if errors.As(err, &pe) {
+		b.dropLocked()
+	}
+	return st, err
+}
+
+// compactAnswer reads the answer to COMPACT.
+func (b *Backend) compactAnswer(p wire.Packet) (lnvault.CompactStats, error) {
 	switch p.Type {
 	case wire.TypeCompactRes:
 		return p.Stats, nil
 	case wire.TypeNack:
 		return lnvault.CompactStats{}, fmt.Errorf("%w: compaction failed on backup server %s (see the server's log)", ErrRefused, b.cfg.Addr())
 	}
-	b.dropLocked()
 	return lnvault.CompactStats{}, &protocolError{fmt.Sprintf("backup server %s answered COMPACT with %v", b.cfg.Addr(), p.Type)}
+}
+
+// asideHelloTimeout bounds the wait for FEATURES on the compaction
+// connection: the Python reference server serves one connection at a time, so
+// it does not answer a second one while the writer's is open.
+const asideHelloTimeout = 3 * time.Second
+
+// compactAside compacts over a connection of its own when the server offers
+// FeatureCompact, so that appends on the main connection are not held for the
+// whole compaction. A server without it gives a *noExtError.
+func (b *Backend) compactAside(ctx context.Context) (lnvault.CompactStats, error) {
+	c, err := dialExt(ctx, b.cfg, wire.FeatureCompact, 0, min(asideHelloTimeout, b.cfg.Timeout))
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer c.close()
+	c.ic.timeout = b.cfg.CompactTimeout
+	p, err := c.request(ctx, "COMPACT", func(w *wire.Writer) error { return w.WriteEmpty(wire.TypeCompact) })
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	return b.compactAnswer(p)
 }
 
 // idleConn renews the read deadline before every read, so a long restore

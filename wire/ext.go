@@ -27,6 +27,12 @@ const (
 // backups.
 const FeatureSCB = "scb"
 
+// FeatureCompact: the server compacts on request from a connection that is
+// not the writer's, so a client can compact over a second connection while
+// its appends go on over the first (COMPACT blocks the connection it is sent
+// on until COMPACT_RES).
+const FeatureCompact = "compact"
+
 const (
 	// DefaultMaxSCB bounds an SCB envelope (SCB_PUT, SCB_DATA) and one
 	// SCB_VERSIONS packet, which are held in memory. Real static channel

@@ -21,7 +21,7 @@
 //   - A client that wants an extension sends HELLO (0x20, the feature names
 //     it wants, space separated) immediately followed by REQ_METADATA, in one
 //     write. An lnvault server answers FEATURES (0x21, the features it offers,
-//     "scb" when it keeps SCBs) and then METADATA. A reference server either
+//     "scb" when it keeps SCBs, "compact" always) and then METADATA. A reference server either
 //     skips the unknown HELLO and answers METADATA alone, or closes the
 //     connection; both tell the client that the server has no extension
 //     (socket.ErrNoSCB), without waiting for a timeout.
@@ -37,6 +37,11 @@
 //   - Any connection may send SCB requests: versions are immutable and
 //     numbered by the store under its own lock, apart from the database log
 //     and its single-writer rule.
+//   - "compact": on a connection that asked for it, COMPACT needs no writer
+//     role (compaction keeps every change). The socket: client compacts over
+//     such a second connection, so its appends on the first are not held
+//     until COMPACT_RES; with a reference server it falls back to COMPACT on
+//     the writer's connection, as the reference client does.
 package wire
 
 import (

@@ -1,0 +1,111 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/server"
+)
+
+// gatedCompact holds Compact until release is closed.
+type gatedCompact struct {
+	lnvault.Backend
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedCompact) Compact(ctx context.Context) (lnvault.CompactStats, error) {
+	close(g.started)
+	<-g.release
+	return g.Backend.Compact(ctx)
+}
+
+// A client's compaction must not hold its appends: the socket backend sends
+// COMPACT over a second connection (FeatureCompact), so Append goes on over
+// the first while the server compacts. With COMPACT on the writer's own
+// connection, these appends would wait for the whole compaction.
+func TestClientCompactionDoesNotHoldAppends(t *testing.T) {
+	ctx := context.Background()
+	fb, err := lnvault.Open(ctx, "file://"+filepath.Join(t.TempDir(), "backup.dbak"), lnvault.OpenOptions{Create: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedCompact{Backend: fb, started: make(chan struct{}), release: make(chan struct{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- server.New(server.Config{Logger: testLogger(t)}, g).Serve(sctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		fb.Close()
+	}()
+
+	c := openSocket(t, "socket:"+ln.Addr().String(), lnvault.OpenOptions{})
+	changes := corpusChanges(t)[:400]
+	for _, ch := range changes[:300] {
+		if err := c.Append(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := make(chan error, 1)
+	var st lnvault.CompactStats
+	go func() {
+		var err error
+		st, err = c.Compact(ctx)
+		res <- err
+	}()
+	select {
+	case <-g.started:
+	case <-time.After(time.Minute):
+		t.Fatal("the server never started compacting")
+	}
+	// The compaction is held: every append must still be acknowledged.
+	appended := make(chan error, 1)
+	go func() {
+		for _, ch := range changes[300:] {
+			if err := c.Append(ctx, ch); err != nil {
+				appended <- err
+				return
+			}
+		}
+		appended <- nil
+	}()
+	select {
+	case err := <-appended:
+		if err != nil {
+			t.Fatalf("append while the server compacts: %v", err)
+		}
+	case <-time.After(time.Minute):
+		close(g.release)
+		t.Fatal("appends waited for the compaction")
+	}
+	select {
+	case err := <-res:
+		t.Fatalf("compaction returned before the server finished it: %v", err)
+	default:
+	}
+	close(g.release)
+	if err := <-res; err != nil {
+		t.Fatal(err)
+	}
+	if st.Before.VersionCount < 300 || st.After.VersionCount == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if m := c.Metadata(); m.Version != changes[399].Version {
+		t.Fatalf("client metadata after compaction %+v", m)
+	}
+	r := openSocket(t, "socket:"+ln.Addr().String(), lnvault.OpenOptions{ReadOnly: true})
+	if h, n := restoreHash(t, r); h != prefixHash(t, len(changes)) {
+		t.Fatalf("restore after compaction: %s (%d changes)", h, n)
+	}
+}
