@@ -82,6 +82,9 @@ func (n *node) stop() {
 	if err != nil || code != 0 {
 		n.t.Fatalf("plugin stop: code %d, %v; logs %v", code, err, n.h.Logs())
 	}
+	if n.h.LogsContain(harness.BadLogLevel) {
+		n.t.Fatalf("the plugin logged at a level lightningd refuses: %v", n.h.Logs())
+	}
 }
 
 func ctx(t *testing.T) context.Context {

@@ -337,6 +337,16 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
+// logLevels are the levels lightningd's log notification handler accepts
+// (plugins say "warn" and "error" for unusual and broken); a missing level
+// means info.
+var logLevels = map[string]bool{"": true, "io": true, "trace": true, "debug": true, "info": true,
+	"unusual": true, "warn": true, "broken": true, "error": true}
+
+// BadLogLevel starts the harness log entry for a log notification whose level
+// lightningd would refuse.
+const BadLogLevel = "log notification with a level lightningd refuses"
+
 func (h *Harness) read(p *process, r io.Reader) {
 	dec := json.NewDecoder(r)
 	for {
@@ -362,6 +372,9 @@ func (h *Harness) read(p *process, r io.Reader) {
 				json.Unmarshal(m.Params, &l)
 				h.mu.Lock()
 				h.logs = append(h.logs, l)
+				if !logLevels[l.Level] {
+					h.logs = append(h.logs, Log{Level: "harness", Message: fmt.Sprintf("%s %q: %s", BadLogLevel, l.Level, l.Message)})
+				}
 				h.mu.Unlock()
 			}
 			continue
