@@ -49,8 +49,8 @@ type Result struct {
 	ChangesPerSec float64
 	// Raw is write+fdatasync of the same sizes in the destination's
 	// directory; nil when the destination is not a local file.
-	Raw      *harness.Stats
-	RawNote  string
+	Raw     *harness.Stats
+	RawNote string
 	// RawLabel names the baseline: "raw fdatasync" for a local file, "round
 	// trip" (one status request to the destination) otherwise.
 	RawLabel string

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/lnvault/lnvault/internal/crcio"
 	"hash/crc32"
 	"io"
 	"math"
@@ -200,19 +201,6 @@ func (b *Backend) writeTx(format uint32, off uint64, c *lnvault.Change) (int64, 
 	return int64(len(buf)), nil
 }
 
-type crcWriter struct {
-	w   io.Writer
-	crc uint32
-	n   int64
-}
-
-func (c *crcWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.crc = crc32.Update(c.crc, castagnoli, p[:n])
-	c.n += int64(n)
-	return n, err
-}
-
 // writeSnapshot writes a snapshot record at off, streaming from sr so a large
 // database never sits in memory, and returns the record's length. Format 2
 // compresses it with a streaming zstd encoder while computing the CRC, and
@@ -223,8 +211,8 @@ func writeSnapshot(f *os.File, format uint32, off uint64, version uint32, sr *io
 		return 0, fmt.Errorf("a snapshot of %d bytes exceeds the format's 4 GiB record limit", size)
 	}
 	cbuf := make([]byte, 256<<10)
-	copyRaw := func(at int64) (*crcWriter, error) {
-		cw := &crcWriter{w: io.NewOffsetWriter(f, at)}
+	copyRaw := func(at int64) (*crcio.Writer, error) {
+		cw := &crcio.Writer{W: io.NewOffsetWriter(f, at)}
 		n, err := io.CopyBuffer(cw, io.NewSectionReader(sr, 0, size), cbuf)
 		if err == nil && n != size {
 			err = fmt.Errorf("snapshot source gave %d of %d bytes", n, size)
@@ -244,7 +232,7 @@ func writeSnapshot(f *os.File, format uint32, off uint64, version uint32, sr *io
 		}
 		return v1RecHdr + size, nil
 	}
-	cw := &crcWriter{w: io.NewOffsetWriter(f, int64(off)+v2RecHdr)}
+	cw := &crcio.Writer{W: io.NewOffsetWriter(f, int64(off)+v2RecHdr)}
 	enc, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault),
 		zstd.WithEncoderCRC(false), zstd.WithWindowSize(4<<20))
 	if err != nil {
@@ -260,8 +248,8 @@ func writeSnapshot(f *os.File, format uint32, off uint64, version uint32, sr *io
 	if err != nil {
 		return 0, fmt.Errorf("writing snapshot record: %w", err)
 	}
-	r := recHdr{storedLen: uint32(cw.n), version: version, typ: byte(lnvault.KindSnapshot), codec: codecZstd, rawLen: uint32(size)}
-	if cw.n >= size {
+	r := recHdr{storedLen: uint32(cw.N), version: version, typ: byte(lnvault.KindSnapshot), codec: codecZstd, rawLen: uint32(size)}
+	if cw.N >= size {
 		if cw, err = copyRaw(int64(off) + v2RecHdr); err != nil {
 			return 0, fmt.Errorf("writing snapshot record: %w", err)
 		}
@@ -269,7 +257,7 @@ func writeSnapshot(f *os.File, format uint32, off uint64, version uint32, sr *io
 	}
 	var rh [v2RecHdr]byte
 	r.put(rh[:])
-	r.crc = recordCRC(cw.crc, rh[:])
+	r.crc = recordCRC(cw.CRC, rh[:])
 	r.put(rh[:])
 	if _, err := f.WriteAt(rh[:], int64(off)); err != nil {
 		return 0, fmt.Errorf("writing snapshot record: %w", err)

@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,7 +20,8 @@ import (
 const DefaultParallelism = 8
 
 // Backend is a backup on object storage, used synchronously: every Append is
-// one PUT of a one-change segment that has completed when Append returns.
+// one PUT of a one-change segment (of a snapshot object for a snapshot change)
+// that has completed when Append returns.
 // Request cost: 1 PUT per change; 1 DELETE (+1 GET) per rewind; opening for
 // writing costs 1 LIST, 1 GET of the head object and 2 lease requests, then
 // one lease PUT every LeaseTTL/3; Compact downloads the log since the last
@@ -142,7 +142,7 @@ func (b *Backend) loadHead(ctx context.Context, g *Generation) error {
 		b.headSeg = &s
 		b.lastTime = lastSeg.Created
 	case lastSnap != nil:
-		h, _, err := b.client.ReadSnapshot(ctx, *lastSnap)
+		h, err := b.client.ReadSnapshotHeader(ctx, *lastSnap)
 		if err != nil {
 			return err
 		}
@@ -221,6 +221,31 @@ func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error 
 	if err := b.ensureGeneration(ctx); err != nil {
 		return err
 	}
+	// Runs of transactions become segments; a snapshot change (`lnvault
+	// init --lightning-dir` sends the node's database as one) becomes a
+	// snapshot object, streamed, never a segment held in memory.
+	for len(cs) > 0 {
+		n := 1
+		if cs[0].Kind != lnvault.KindSnapshot {
+			for n < len(cs) && cs[n].Kind != lnvault.KindSnapshot {
+				n++
+			}
+		}
+		var err error
+		if cs[0].Kind == lnvault.KindSnapshot {
+			err = b.appendSnapshot(ctx, cs[0])
+		} else {
+			err = b.appendSegment(ctx, cs[:n])
+		}
+		if err != nil {
+			return err
+		}
+		cs = cs[n:]
+	}
+	return nil
+}
+
+func (b *Backend) appendSegment(ctx context.Context, cs []*lnvault.Change) error {
 	data, h, err := EncodeSegment(b.md.VersionCount, b.md.Version, cs, time.Now())
 	if err != nil {
 		return err
@@ -229,7 +254,7 @@ func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error 
 	if err != nil {
 		return err
 	}
-	b.md = md
+	b.md = lnvault.Metadata{Version: h.LastVersion, PrevVersion: h.PrevVersion, VersionCount: b.md.VersionCount + uint64(len(cs))}
 	b.headSeg = &info
 	b.head = nil
 	if last := cs[len(cs)-1]; last.Kind == lnvault.KindTransaction {
@@ -238,6 +263,44 @@ func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error 
 	b.rewound = false
 	b.lastTime = info.Created
 	return nil
+}
+
+// appendSnapshot stores a snapshot change as the snapshot object of its index
+// in the current generation: the state after it, which is what it is.
+func (b *Backend) appendSnapshot(ctx context.Context, c *lnvault.Change) error {
+	if c.Snapshot == nil {
+		return fmt.Errorf("snapshot change %d without data", c.Version)
+	}
+	info, err := b.writeSnapshot(ctx, b.gen, b.md.VersionCount, c.Version, b.md.Version, io.NewSectionReader(c.Snapshot, 0, c.Snapshot.Size()))
+	if err != nil {
+		return err
+	}
+	b.md = lnvault.Metadata{Version: c.Version, PrevVersion: b.md.Version, VersionCount: b.md.VersionCount + 1}
+	b.head, b.headSeg = nil, nil
+	b.rewound = false
+	b.lastTime = info.Created
+	return nil
+}
+
+// writeSnapshot encodes db into a temp file and uploads it as the snapshot of
+// index idx, version v, of generation gen.
+func (b *Backend) writeSnapshot(ctx context.Context, gen string, idx uint64, v, prev uint32, db io.Reader) (SnapshotInfo, error) {
+	f, size, h, err := EncodeSnapshotFile(idx, v, prev, db, time.Now())
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	defer f.Close()
+	return b.client.WriteSnapshotFile(ctx, gen, f, size, h)
+}
+
+// writeSnapshotFromFile is writeSnapshot of the database file at path.
+func (b *Backend) writeSnapshotFromFile(ctx context.Context, gen, path string, idx uint64, v, prev uint32) (SnapshotInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	defer f.Close()
+	return b.writeSnapshot(ctx, gen, idx, v, prev, f)
 }
 
 // Rewind removes the last change: it deletes the newest segment when it holds
@@ -271,7 +334,28 @@ func (b *Backend) Rewind(ctx context.Context) error {
 			headSeg = &g.Segments[i]
 		}
 	}
+	var headSnaps []SnapshotInfo // an appended snapshot change
+	before := headIdx == 0       // the state before the head is stored
+	for _, s := range g.Snapshots {
+		if s.Index == headIdx {
+			headSnaps = append(headSnaps, s)
+		}
+		before = before || s.Index+1 == headIdx
+	}
+	for _, s := range g.Segments {
+		before = before || s.LastIndex+1 == headIdx
+	}
 	switch {
+	case headSeg == nil && len(headSnaps) > 0 && before:
+		if err := b.client.DeleteSnapshots(ctx, headSnaps); err != nil {
+			return err
+		}
+		g.Snapshots = slices.DeleteFunc(g.Snapshots, func(s SnapshotInfo) bool { return s.Index == headIdx })
+		if len(g.Segments) == 0 && len(g.Snapshots) == 0 {
+			b.md, b.head, b.headSeg = lnvault.Metadata{}, nil, nil
+		} else if err := b.loadHead(ctx, g); err != nil {
+			return err
+		}
 	case headSeg != nil && headSeg.FirstIndex == headIdx:
 		if err := b.client.DeleteSegments(ctx, []SegmentInfo{*headSeg}); err != nil {
 			return err
@@ -331,17 +415,12 @@ func (b *Backend) restartGeneration(ctx context.Context, g *Generation, idx uint
 // newGenerationFromFile writes the database at path as the snapshot that
 // opens a new generation, at index idx and version v.
 func (b *Backend) newGenerationFromFile(ctx context.Context, path string, idx uint64, v, prev uint32) error {
-	db, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	gens, err := b.client.Generations(ctx)
 	if err != nil {
 		return err
 	}
 	gen := NewGenerationID(append(gens, b.gen), time.Now())
-	data, h := EncodeSnapshot(idx, v, prev, db, time.Now())
-	info, err := b.client.WriteSnapshot(ctx, gen, data, h)
+	info, err := b.writeSnapshotFromFile(ctx, gen, path, idx, v, prev)
 	if err != nil {
 		return err
 	}
@@ -531,12 +610,13 @@ func (b *Backend) streamPlan(ctx context.Context, g *Generation, plan planFunc, 
 	var last uint32
 	delivered := false
 	if base != nil {
-		_, db, err := b.client.ReadSnapshot(ctx, *base)
+		_, db, closeDB, err := b.client.OpenSnapshot(ctx, *base)
 		if err != nil {
 			return err
 		}
-		c := lnvault.NewSnapshot(base.Version, io.NewSectionReader(bytes.NewReader(db), 0, int64(len(db))))
-		if err := fn(c); err != nil {
+		err = fn(lnvault.NewSnapshot(base.Version, db))
+		closeDB()
+		if err != nil {
 			return err
 		}
 		last, delivered = base.Version, true
@@ -775,18 +855,13 @@ func (b *Backend) snapshotAt(ctx context.Context, g *Generation, idx uint64) err
 	defer cleanup()
 	if n < 2 {
 		// The base snapshot's own prev_version is in its header.
-		if s := planNewest(idx)(g); s != nil {
-			if h, _, err := b.client.ReadSnapshot(ctx, *s); err == nil && s.Index == idx {
+		if s := planNewest(idx)(g); s != nil && s.Index == idx {
+			if h, err := b.client.ReadSnapshotHeader(ctx, *s); err == nil {
 				prev = h.PrevVersion
 			}
 		}
 	}
-	db, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	data, h := EncodeSnapshot(idx, last, prev, db, time.Now())
-	_, err = b.client.WriteSnapshot(ctx, g.ID, data, h)
+	_, err = b.writeSnapshotFromFile(ctx, g.ID, path, idx, last, prev)
 	return err
 }
 

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -16,13 +18,18 @@ import (
 
 // ObjectStore is the little an object storage must do for lnvault: whole-object
 // PUT/GET/DELETE under a prefix, a recursive listing and one conditional PUT
-// (for the lease). Keys are relative to the store's prefix and use '/'.
+// (for the lease), and for snapshot objects, which can be several GiB, a PUT
+// from a file, a streaming GET and a GET of the first bytes. Keys are
+// relative to the store's prefix and use '/'.
 // replica/s3 and replica/dir implement it.
 type ObjectStore interface {
 	// String names the store for messages (a URL without credentials).
 	String() string
 	// Put stores data at key, durably, replacing any object there.
 	Put(ctx context.Context, key string, data []byte) error
+	// PutFile stores the first size bytes of f at key, like Put, reading f
+	// with ReadAt (it may read it more than once, e.g. to sign the payload).
+	PutFile(ctx context.Context, key string, f *os.File, size int64) error
 	// PutIf stores data only if the object's current ETag is match, or, with
 	// match "", only if there is no object at key. A failed condition is
 	// ErrPrecondition. It returns the new object's ETag.
@@ -30,6 +37,11 @@ type ObjectStore interface {
 	// Get returns an object and its ETag; a missing object is an error that
 	// wraps fs.ErrNotExist.
 	Get(ctx context.Context, key string) (data []byte, etag string, err error)
+	// GetTo is Get streaming the object to w. An error of w is returned as is.
+	GetTo(ctx context.Context, key string, w io.Writer) (etag string, err error)
+	// GetRange returns the first n bytes of an object (all of it if it is
+	// shorter); a missing object is an error that wraps fs.ErrNotExist.
+	GetRange(ctx context.Context, key string, n int64) ([]byte, error)
 	// List returns every object whose key starts with prefix, sorted by key.
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
 	// Delete removes objects; a key that does not exist is not an error.
@@ -144,8 +156,9 @@ type ReplicaClient interface {
 	String() string
 	Inventory(ctx context.Context) (*Inventory, error)
 	Generations(ctx context.Context) ([]string, error)
-	WriteSnapshot(ctx context.Context, gen string, data []byte, h Header) (SnapshotInfo, error)
-	ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []byte, error)
+	WriteSnapshotFile(ctx context.Context, gen string, f *os.File, size int64, h Header) (SnapshotInfo, error)
+	OpenSnapshot(ctx context.Context, s SnapshotInfo) (Header, *io.SectionReader, func() error, error)
+	ReadSnapshotHeader(ctx context.Context, s SnapshotInfo) (Header, error)
 	DeleteSnapshots(ctx context.Context, s []SnapshotInfo) error
 	WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error)
 	ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error)
@@ -359,6 +372,18 @@ func (c *Client) WriteSnapshot(ctx context.Context, gen string, data []byte, h H
 	return s, nil
 }
 
+// WriteSnapshotFile stores a snapshot object encoded by EncodeSnapshotFile
+// (size bytes of f), streaming it.
+func (c *Client) WriteSnapshotFile(ctx context.Context, gen string, f *os.File, size int64, h Header) (SnapshotInfo, error) {
+	key := snapshotKey(gen, h)
+	if err := c.Store.PutFile(ctx, key, f, size); err != nil {
+		return SnapshotInfo{}, err
+	}
+	s, _ := parseSnapshotName(gen, key[len(gen)+len("/snapshots/"):])
+	s.Size, s.Key = size, key
+	return s, nil
+}
+
 // WriteSegment stores an encoded segment object.
 func (c *Client) WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error) {
 	key := segmentKey(gen, h)
@@ -387,7 +412,8 @@ func (c *Client) get(ctx context.Context, key string, version uint32) ([]byte, e
 	return data, err
 }
 
-// ReadSnapshot downloads and verifies a snapshot.
+// ReadSnapshot downloads and verifies a snapshot in memory: for small ones
+// only; OpenSnapshot streams.
 func (c *Client) ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []byte, error) {
 	data, err := c.get(ctx, s.Key, s.Version)
 	if err != nil {
@@ -401,6 +427,54 @@ func (c *Client) ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []by
 		return h, nil, c.corrupt(s.Key, s.Version, fmt.Sprintf("its header says index %d version %d, its name index %d version %d", h.LastIndex, h.LastVersion, s.Index, s.Version))
 	}
 	return h, db, nil
+}
+
+// OpenSnapshot downloads and verifies a snapshot through temp files, with
+// memory that does not grow with the database, and returns the database as
+// a reader over an unlinked temp file; closing (the returned func) frees it.
+func (c *Client) OpenSnapshot(ctx context.Context, s SnapshotInfo) (Header, *io.SectionReader, func() error, error) {
+	h, raw, size, err := decodeSnapshotStream(func(w io.Writer) error {
+		_, err := c.Store.GetTo(ctx, s.Key, w)
+		return err
+	})
+	if err != nil {
+		var oe *objectError
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			err = c.corrupt(s.Key, s.Version, "the object is missing (deleted while in use?)")
+		case errors.As(err, &oe):
+			err = c.corrupt(s.Key, s.Version, oe.Error())
+		}
+		return h, nil, nil, err
+	}
+	if h.LastIndex != s.Index || h.LastVersion != s.Version {
+		raw.Close()
+		return h, nil, nil, c.corrupt(s.Key, s.Version, fmt.Sprintf("its header says index %d version %d, its name index %d version %d", h.LastIndex, h.LastVersion, s.Index, s.Version))
+	}
+	return h, io.NewSectionReader(raw, 0, size), raw.Close, nil
+}
+
+// ReadSnapshotHeader reads only the header of a snapshot (one ranged GET):
+// its metadata, not verified by the checksum, which covers the body.
+func (c *Client) ReadSnapshotHeader(ctx context.Context, s SnapshotInfo) (Header, error) {
+	data, err := c.Store.GetRange(ctx, s.Key, headerSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Header{}, c.corrupt(s.Key, s.Version, "the object is missing (deleted while in use?)")
+	}
+	if err != nil {
+		return Header{}, err
+	}
+	h, err := DecodeHeader(data)
+	if err == nil {
+		err = checkSnapshotHeader(h)
+	}
+	if err != nil {
+		return h, c.corrupt(s.Key, s.Version, err.Error())
+	}
+	if h.LastIndex != s.Index || h.LastVersion != s.Version {
+		return h, c.corrupt(s.Key, s.Version, fmt.Sprintf("its header says index %d version %d, its name index %d version %d", h.LastIndex, h.LastVersion, s.Index, s.Version))
+	}
+	return h, nil
 }
 
 // ReadSegment downloads and verifies a segment.

@@ -13,9 +13,16 @@
 // replicator that finds the replica's head missing from the local log), with
 // a snapshot of the state it starts from. Restores use the newest generation.
 // Every object has a header with its indexes, versions, creation time and a
-// CRC-32C over header and zstd body, verified on every read; a gap between
-// segments, a missing object or a checksum mismatch is a
+// CRC-32C over header and zstd body, verified on every read of the body (to
+// learn the head, opening reads only the first 68 bytes of a snapshot); a gap
+// between segments, a missing object or a checksum mismatch is a
 // lnvault.CorruptError naming the object, never a shorter restore.
+//
+// Snapshot objects hold a whole database, which can be several GiB on a
+// small board: they are compressed into and downloaded to temp files
+// (os.TempDir, unlinked at once), so memory does not grow with the database;
+// a snapshot change (`lnvault init --lightning-dir`) is stored as one.
+// Segments are built in memory: they hold transactions.
 //
 // Two ways to use it:
 //

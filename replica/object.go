@@ -43,6 +43,9 @@ const (
 	typeSnapshot  = 2
 	maxRawBody    = 1 << 34 // 16 GiB: far above any CLN database, bounds a forged header
 	maxStatements = 1 << 26
+	// A segment is built in memory; a snapshot change larger than this is
+	// stored as a snapshot object (EncodeSnapshotFile), which streams.
+	maxSegmentSnapshot = 16 << 20
 )
 
 var (
@@ -104,6 +107,9 @@ func EncodeSegment(first uint64, prev uint32, changes []*lnvault.Change, created
 			if c.Snapshot == nil {
 				return nil, Header{}, fmt.Errorf("snapshot change %d without data", c.Version)
 			}
+			if c.Snapshot.Size() > maxSegmentSnapshot {
+				return nil, Header{}, fmt.Errorf("snapshot change %d is %d bytes, too large for a segment (store it as a snapshot object)", c.Version, c.Snapshot.Size())
+			}
 			binary.BigEndian.PutUint64(b8[:], uint64(c.Snapshot.Size()))
 			raw.Write(b8[:])
 			if _, err := io.Copy(&raw, io.NewSectionReader(c.Snapshot, 0, c.Snapshot.Size())); err != nil {
@@ -160,19 +166,17 @@ func putHeader(b []byte, h Header, rawLen, zLen uint64) {
 	binary.BigEndian.PutUint64(b[56:], zLen)
 }
 
-// decodeBody checks the header and the checksum and returns the header and
-// the uncompressed body. Errors say what is wrong; callers wrap them in a
-// CorruptError naming the object.
-func decodeBody(data []byte) (Header, []byte, error) {
-	var h Header
+// parseHeader reads the fields of a header without judging them beyond what
+// tells an lnvault object apart; rawLen and zLen are the body lengths.
+func parseHeader(data []byte) (h Header, rawLen, zLen uint64, err error) {
 	if len(data) < headerSize {
-		return h, nil, fmt.Errorf("object is %d bytes, shorter than its %d-byte header (truncated upload?)", len(data), headerSize)
+		return h, 0, 0, fmt.Errorf("object is %d bytes, shorter than its %d-byte header (truncated upload?)", len(data), headerSize)
 	}
 	if !bytes.Equal(data[0:4], magic[:]) {
-		return h, nil, errors.New("not an lnvault object (bad magic)")
+		return h, 0, 0, errors.New("not an lnvault object (bad magic)")
 	}
 	if data[4] != objectFormat {
-		return h, nil, fmt.Errorf("object format %d is not supported by this lnvault (upgrade it)", data[4])
+		return h, 0, 0, fmt.Errorf("object format %d is not supported by this lnvault (upgrade it)", data[4])
 	}
 	h.Type = data[5]
 	h.FirstIndex = binary.BigEndian.Uint64(data[8:])
@@ -182,8 +186,43 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	h.PrevVersion = binary.BigEndian.Uint32(data[32:])
 	h.Count = binary.BigEndian.Uint32(data[36:])
 	h.Created = time.Unix(0, int64(binary.BigEndian.Uint64(data[40:])))
-	rawLen := binary.BigEndian.Uint64(data[48:])
-	zLen := binary.BigEndian.Uint64(data[56:])
+	return h, binary.BigEndian.Uint64(data[48:]), binary.BigEndian.Uint64(data[56:]), nil
+}
+
+// checkHeader judges the fields that the checksum cannot: they were written
+// by an lnvault, but are they sensible?
+func checkHeader(h Header, rawLen uint64) error {
+	if h.Type != typeSegment && h.Type != typeSnapshot {
+		return fmt.Errorf("unknown object type %d", h.Type)
+	}
+	if h.LastIndex < h.FirstIndex || h.LastIndex-h.FirstIndex+1 != uint64(h.Count) || h.LastVersion < h.FirstVersion {
+		return fmt.Errorf("inconsistent header (indexes %d-%d, versions %d-%d, count %d)", h.FirstIndex, h.LastIndex, h.FirstVersion, h.LastVersion, h.Count)
+	}
+	if rawLen > maxRawBody {
+		return fmt.Errorf("body claims %d bytes, more than the %d limit", rawLen, uint64(maxRawBody))
+	}
+	return nil
+}
+
+// DecodeHeader decodes and checks the header at the start of data (an object,
+// or just its first 68 bytes) without the body: the checksum cannot be
+// verified, so it is for reading a snapshot's metadata, not its contents.
+func DecodeHeader(data []byte) (Header, error) {
+	h, rawLen, _, err := parseHeader(data)
+	if err != nil {
+		return h, err
+	}
+	return h, checkHeader(h, rawLen)
+}
+
+// decodeBody checks the header and the checksum and returns the header and
+// the uncompressed body. Errors say what is wrong; callers wrap them in a
+// CorruptError naming the object.
+func decodeBody(data []byte) (Header, []byte, error) {
+	h, rawLen, zLen, err := parseHeader(data)
+	if err != nil {
+		return h, nil, err
+	}
 	if zLen != uint64(len(data)-headerSize) {
 		return h, nil, fmt.Errorf("body is %d bytes, header says %d (truncated or padded object)", len(data)-headerSize, zLen)
 	}
@@ -192,14 +231,8 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	if want := binary.BigEndian.Uint32(data[64:68]); c != want {
 		return h, nil, fmt.Errorf("checksum mismatch (crc32c %08x, header says %08x)", c, want)
 	}
-	if h.Type != typeSegment && h.Type != typeSnapshot {
-		return h, nil, fmt.Errorf("unknown object type %d", h.Type)
-	}
-	if h.LastIndex < h.FirstIndex || h.LastIndex-h.FirstIndex+1 != uint64(h.Count) || h.LastVersion < h.FirstVersion {
-		return h, nil, fmt.Errorf("inconsistent header (indexes %d-%d, versions %d-%d, count %d)", h.FirstIndex, h.LastIndex, h.FirstVersion, h.LastVersion, h.Count)
-	}
-	if rawLen > maxRawBody {
-		return h, nil, fmt.Errorf("body claims %d bytes, more than the %d limit", rawLen, uint64(maxRawBody))
+	if err := checkHeader(h, rawLen); err != nil {
+		return h, nil, err
 	}
 	dec := decPool.Get().(*zstd.Decoder)
 	defer decPool.Put(dec)
@@ -312,13 +345,20 @@ func DecodeSnapshot(data []byte) (Header, []byte, error) {
 	if err != nil {
 		return h, nil, err
 	}
-	if h.Type != typeSnapshot {
-		return h, nil, errors.New("object is a segment, not a snapshot")
-	}
-	if h.Count != 1 || h.FirstVersion != h.LastVersion {
-		return h, nil, errors.New("inconsistent snapshot header")
+	if err := checkSnapshotHeader(h); err != nil {
+		return h, nil, err
 	}
 	return h, raw, nil
+}
+
+func checkSnapshotHeader(h Header) error {
+	if h.Type != typeSnapshot {
+		return errors.New("object is a segment, not a snapshot")
+	}
+	if h.Count != 1 || h.FirstVersion != h.LastVersion {
+		return errors.New("inconsistent snapshot header")
+	}
+	return nil
 }
 
 // followsVersion: within a log a version is followed by itself (migrations

@@ -1,11 +1,9 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -251,18 +249,11 @@ func changeSize(c *lnvault.Change) int64 {
 	return n
 }
 
-// cloneChange copies c so that it outlives the caller's buffers (a streamed
-// snapshot is valid only during the callback).
-func cloneChange(c *lnvault.Change) (*lnvault.Change, error) {
-	out := &lnvault.Change{Version: c.Version, Kind: c.Kind, Statements: slices.Clone(c.Statements)}
-	if c.Snapshot != nil {
-		var buf bytes.Buffer
-		if _, err := io.Copy(&buf, io.NewSectionReader(c.Snapshot, 0, c.Snapshot.Size())); err != nil {
-			return nil, fmt.Errorf("copying snapshot %d: %w", c.Version, err)
-		}
-		out.Snapshot = io.NewSectionReader(bytes.NewReader(buf.Bytes()), 0, int64(buf.Len()))
-	}
-	return out, nil
+// cloneTransaction copies a transaction so that it outlives the caller's
+// buffers. Snapshot changes are never copied (they can be GiB): they are
+// shipped from the local backend while it streams them.
+func cloneTransaction(c *lnvault.Change) *lnvault.Change {
+	return &lnvault.Change{Version: c.Version, Kind: c.Kind, Statements: slices.Clone(c.Statements)}
 }
 
 func sameChange(a, b *lnvault.Change) bool {
@@ -340,10 +331,15 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 			}
 			return nil
 		}
-		cc, err := cloneChange(c)
-		if err != nil {
-			return err
+		if c.Kind == lnvault.KindSnapshot {
+			// Uploaded now, streamed from the local backend's file, which
+			// is valid only during this callback.
+			if err := flush(); err != nil {
+				return err
+			}
+			return r.upload(ctx, []*lnvault.Change{c})
 		}
+		cc := cloneTransaction(c)
 		batch = append(batch, cc)
 		batchBytes += changeSize(cc)
 		if batchBytes >= r.opts.FlushBytes {
@@ -465,11 +461,14 @@ func (w replicated) Append(ctx context.Context, c *lnvault.Change) error {
 	if r.needResync {
 		return nil // the resync streams it from the local backend
 	}
-	cc, err := cloneChange(c)
-	if err != nil {
-		r.needResync = true
+	if c.Kind != lnvault.KindTransaction {
+		// A snapshot is not queued in memory: the resync streams it
+		// from the local backend.
+		r.queue, r.queueBytes, r.needResync = nil, 0, true
+		r.poke()
 		return nil
 	}
+	cc := cloneTransaction(c)
 	r.queue = append(r.queue, cc)
 	r.queueBytes += changeSize(cc)
 	switch {

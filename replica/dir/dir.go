@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -56,6 +57,26 @@ func (s *Store) path(key string) (string, error) {
 
 // Put writes data at key atomically and durably.
 func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	return s.write(ctx, key, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// PutFile copies the first size bytes of src to key, like Put.
+func (s *Store) PutFile(ctx context.Context, key string, src *os.File, size int64) error {
+	return s.write(ctx, key, func(f *os.File) error {
+		n, err := io.Copy(f, io.NewSectionReader(src, 0, size))
+		if err == nil && n != size {
+			err = fmt.Errorf("%s holds %d bytes, not %d", src.Name(), n, size)
+		}
+		return err
+	})
+}
+
+// write creates the object at key with fill: a temp file, fsync'd, renamed
+// into place, the directory fsync'd.
+func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -72,7 +93,7 @@ func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 		return err
 	}
 	tmp := f.Name()
-	_, err = f.Write(data)
+	err = fill(f)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -168,6 +189,57 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
 		return nil, "", err // *PathError wrapping fs.ErrNotExist when missing
 	}
 	return data, etag(data), nil
+}
+
+// GetTo copies the object at key to w.
+func (s *Store) GetTo(ctx context.Context, key string, w io.Writer) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err // *PathError wrapping fs.ErrNotExist when missing
+	}
+	defer f.Close()
+	h := sha256.New()
+	// Through a plain writer so an error of w comes back as is.
+	if _, err := io.Copy(writerFunc(func(b []byte) (int, error) {
+		h.Write(b)
+		return w.Write(b)
+	}), f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// GetRange reads the first n bytes of the object at key.
+func (s *Store) GetRange(ctx context.Context, key string, n int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	k, err := io.ReadFull(f, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, err
+	}
+	return buf[:k], nil
 }
 
 // List walks the directory for keys starting with prefix.

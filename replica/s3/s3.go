@@ -16,6 +16,7 @@ import (
 	"io"
 	"io/fs"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 
@@ -147,6 +148,19 @@ func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 	return nil
 }
 
+// PutFile uploads the first size bytes of f in one PUT, streaming: the
+// body is seekable, so the SDK can hash it for the signature and rewind.
+func (s *Store) PutFile(ctx context.Context, key string, f *os.File, size int64) error {
+	_, err := s.Client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key),
+		Body: io.NewSectionReader(f, 0, size), ContentLength: aws.Int64(size),
+	})
+	if err != nil {
+		return s.explain("writing "+key+" to", err)
+	}
+	return nil
+}
+
 // PutIf is a conditional PUT (If-None-Match: * or If-Match: etag).
 func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string) (string, error) {
 	in := &s3.PutObjectInput{
@@ -172,15 +186,28 @@ func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string
 	return aws.ToString(out.ETag), nil
 }
 
-// Get downloads an object.
-func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
-	out, err := s.Client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key)})
+// getObject sends a GET; a missing object is fs.ErrNotExist.
+func (s *Store) getObject(ctx context.Context, in *s3.GetObjectInput, key string) (*s3.GetObjectOutput, error) {
+	in.Bucket, in.Key = aws.String(s.Bucket), aws.String(s.Prefix+key)
+	out, err := s.Client.GetObject(ctx, in)
 	if err != nil {
 		var nsk *types.NoSuchKey
 		var ae smithy.APIError
 		if errors.As(err, &nsk) || (errors.As(err, &ae) && ae.ErrorCode() == "NotFound") {
-			return nil, "", fmt.Errorf("%s/%s: %w", s, key, fs.ErrNotExist)
+			return nil, fmt.Errorf("%s/%s: %w", s, key, fs.ErrNotExist)
 		}
+		return nil, err
+	}
+	return out, nil
+}
+
+// Get downloads an object.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
+	out, err := s.getObject(ctx, &s3.GetObjectInput{}, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", err
+	}
+	if err != nil {
 		return nil, "", s.explain("reading "+key+" from", err)
 	}
 	defer out.Body.Close()
@@ -192,6 +219,66 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
 		return nil, "", s.explain("reading "+key+" from", err)
 	}
 	return buf.Bytes(), aws.ToString(out.ETag), nil
+}
+
+// GetTo downloads an object into w.
+func (s *Store) GetTo(ctx context.Context, key string, w io.Writer) (string, error) {
+	out, err := s.getObject(ctx, &s3.GetObjectInput{}, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err != nil {
+		return "", s.explain("reading "+key+" from", err)
+	}
+	defer out.Body.Close()
+	we := &errWriter{w: w}
+	if _, err := io.Copy(we, out.Body); err != nil {
+		if we.err != nil {
+			return "", we.err
+		}
+		return "", s.explain("reading "+key+" from", err)
+	}
+	return aws.ToString(out.ETag), nil
+}
+
+// errWriter tells w's errors from the download's.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// GetRange downloads the first n bytes of an object (a ranged GET).
+func (s *Store) GetRange(ctx context.Context, key string, n int64) ([]byte, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	out, err := s.getObject(ctx, &s3.GetObjectInput{Range: aws.String(fmt.Sprintf("bytes=0-%d", n-1))}, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		var ae smithy.APIError
+		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
+			return nil, nil // an empty object
+		}
+		return nil, s.explain("reading "+key+" from", err)
+	}
+	defer out.Body.Close()
+	// A server that ignores Range sends the whole object: read n bytes only.
+	buf := make([]byte, n)
+	k, err := io.ReadFull(out.Body, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, s.explain("reading "+key+" from", err)
+	}
+	return buf[:k], nil
 }
 
 // List lists every object under prefix.
