@@ -463,7 +463,7 @@ func checkFramer(t *testing.T, data []byte) {
 		if method != nil && m.Method != string(method) {
 			t.Fatalf("%q: object %d: method hint %q, decoded %v", data, i, method, m.Method)
 		}
-		if s, ok := m.Method.(string); ok && method == nil && !bytes.Contains(w, []byte(`\`)) && bytes.Count(w, []byte(`"method"`)) == 1 {
+		if s, ok := m.Method.(string); ok && method == nil && isASCII([]byte(s)) && !bytes.Contains(w, []byte(`\`)) && bytes.Count(w, []byte(`"method"`)) == 1 {
 			t.Fatalf("%q: object %d: no method hint for %q", data, i, s)
 		}
 	}

@@ -108,7 +108,9 @@ func (f *framer) next() (obj, method []byte, err error) {
 					return nil, nil, err
 				}
 				f.buf = f.buf[:pos+1]
-				if mStart >= 0 {
+				// Only an ASCII method is a hint: encoding/json turns
+				// invalid UTF-8 into U+FFFD, so raw bytes could differ.
+				if mStart >= 0 && isASCII(f.buf[mStart:mEnd]) {
 					method = f.buf[mStart:mEnd]
 				}
 				return f.buf, method, nil
@@ -118,4 +120,13 @@ func (f *framer) next() (obj, method []byte, err error) {
 			return nil, nil, err
 		}
 	}
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
