@@ -122,8 +122,7 @@ func RunRequests(ctx context.Context, o Options, reqs []corpus.Request, name str
 	}
 	defer cleanup()
 	res := Result{Workload: name, URL: url}
-	o.logf("destination: %s", url)
-	o.logf("workload:    %s", name)
+	o.logf("replaying %s through the plugin into %s ...", name, url)
 
 	h, err := harness.New(harness.Config{Bin: o.Bin, Args: o.Args, Dir: filepath.Join(tmp, "node"), NoNodeDB: true})
 	if err != nil {
