@@ -13,7 +13,7 @@ import (
 
 func TestDemoCommand(t *testing.T) {
 	r := mustRun(t, "demo")
-	if !strings.Contains(r.stdout, "demo OK") || !strings.Contains(r.stdout, "restored "+corpus.FinalDumpSHA256()) {
+	if !strings.Contains(r.stdout, "demo OK") || !strings.Contains(r.stdout, "restored "+corpus.FinalDumpSHA256()) || !strings.Contains(r.stdout, "the plugin rewinds") {
 		t.Fatalf("demo output:\n%s", r.stdout)
 	}
 }

@@ -29,7 +29,9 @@ func init() {
 		Short: "Back up real Core Lightning traffic through the plugin, restore it and check it byte for byte",
 		Long: `Demo runs the whole product in a temp directory: it creates a file backup,
 starts this binary as a plugin the way lightningd does, replays the embedded
-corpus of real db_write requests (2994, schema migrations included), restores
+corpus of real db_write requests (2994, schema migrations included), crashes
+lightningd between an ack and its commit and restarts it (the plugin must
+rewind the uncommitted change), restores
 the backup and compares the SHA-256 of 'sqlite3 .dump' with the one recorded
 from the real node. It exits 1 if they differ.`,
 		Args: cobra.NoArgs,
@@ -57,7 +59,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		defer os.RemoveAll(dir)
 	}
 	step := func(name string, t time.Time) {
-		fmt.Fprintf(out, "  %-52s %10s\n", name, time.Since(t).Round(100*time.Microsecond))
+		fmt.Fprintf(out, "  %-64s %10s\n", name, time.Since(t).Round(100*time.Microsecond))
 	}
 
 	reqs, err := corpus.Load()
@@ -98,11 +100,37 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	step("start plugin (LIGHTNINGD_PLUGIN=1, getmanifest)", t)
 
 	// 3. replay: the first db_write before init, as a real node sends it.
+	// Two thirds in, lightningd crashes between the plugin's answer and its
+	// own commit: the backup then holds a change the node never committed.
+	cut := len(reqs) * 2 / 3
+	for cut < len(reqs)-1 && reqs[cut].DataVersion != reqs[cut-1].DataVersion+1 {
+		cut++ // not a migration's repeated version
+	}
 	t = time.Now()
-	if err := h.Replay(ctx, reqs, 1); err != nil {
+	if err := h.Replay(ctx, reqs[:cut], 1); err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
-	step(fmt.Sprintf("replay %d db_writes (each acked once durable)", len(reqs)), t)
+	step(fmt.Sprintf("replay %d db_writes (each acked once durable)", cut), t)
+	t = time.Now()
+	r := reqs[cut]
+	if _, err := h.WriteNoCommit(ctx, r.ID, r.DataVersion, r.Writes); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	h.Kill()
+	step(fmt.Sprintf("crash: lightningd dies after the ack of %d, before its commit", r.DataVersion), t)
+	// 4. lightningd restarts and sends that data_version again: the plugin
+	// must drop the uncommitted change (the Python plugin replays it).
+	t = time.Now()
+	if err := h.Start(ctx); err != nil {
+		return err
+	}
+	if err := h.Replay(ctx, reqs[cut:], 1); err != nil {
+		return fmt.Errorf("replay after the crash: %w", err)
+	}
+	if !h.LogsContain("rewinding it") {
+		return errors.New("demo FAILED: the plugin did not rewind the change lightningd never committed")
+	}
+	step(fmt.Sprintf("restart: the plugin rewinds %d, then the other %d", r.DataVersion, len(reqs)-cut), t)
 	lat := harness.Summarize(h.Latencies())
 	fmt.Fprintf(out, "    ack latency p50 %s  p99 %s  max %s\n", msStr(lat.P50), msStr(lat.P99), msStr(lat.Max))
 
@@ -121,7 +149,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	}
 	step("stop plugin", t)
 
-	// 4. restore.
+	// 5. restore.
 	t = time.Now()
 	rb, err := lnvault.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true})
 	if err != nil {
@@ -136,7 +164,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	}
 	step(fmt.Sprintf("restore version %d (%d changes, %d bytes)", res.Version, res.Changes, res.Bytes), t)
 
-	// 5. check.
+	// 6. check.
 	t = time.Now()
 	if dumphash.Available() {
 		got, err := dumphash.Of(restored)
