@@ -119,7 +119,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	h.Kill()
 	step(fmt.Sprintf("crash: lightningd dies after the ack of %d, before its commit", r.DataVersion), t)
 	// 4. lightningd restarts and sends that data_version again: the plugin
-	// must drop the uncommitted change (the Python plugin replays it).
+	// must drop the uncommitted change before taking the resent one.
 	t = time.Now()
 	if err := h.Start(ctx); err != nil {
 		return err
