@@ -425,6 +425,9 @@ func TestFramerMatchesDecoder(t *testing.T) {
 		`{"method":"esc\"aped","x":"}}]]"}{"method":1,"k":"method"}`,
 		`{"k":"method","method":"m2","arr":[{"method":"no"},"\\"]}`,
 		`{"method":"a","method":"b"}`,
+		`{"method":"db_write","METHOD":"x"}`,
+		`{"method":"db_write","meth\u006fd":"x"}`,
+		`{"methoD":""}`,
 	} {
 		checkFramer(t, []byte(in))
 	}
@@ -463,7 +466,7 @@ func checkFramer(t *testing.T, data []byte) {
 		if method != nil && m.Method != string(method) {
 			t.Fatalf("%q: object %d: method hint %q, decoded %v", data, i, method, m.Method)
 		}
-		if s, ok := m.Method.(string); ok && method == nil && isASCII([]byte(s)) && !bytes.Contains(w, []byte(`\`)) && bytes.Count(w, []byte(`"method"`)) == 1 {
+		if s, ok := m.Method.(string); ok && method == nil && isASCII([]byte(s)) && !bytes.Contains(w, []byte(`\`)) && bytes.Count(bytes.ToLower(w), []byte(`"method"`)) == 1 && bytes.Contains(w, []byte(`"method"`)) {
 			t.Fatalf("%q: object %d: no method hint for %q", data, i, s)
 		}
 	}

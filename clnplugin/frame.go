@@ -2,6 +2,7 @@ package clnplugin
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -51,6 +52,9 @@ func (f *framer) next() (obj, method []byte, err error) {
 	keyStart, valStart := -1, -1
 	methodNext := false
 	mStart, mEnd := -1, -1
+	// ambiguous: a top-level key that encoding/json could also take for
+	// "method" (another case, or escaped): then no hint.
+	ambiguous := false
 	for {
 		chunk, err := f.r.Peek(max(f.r.Buffered(), 1))
 		if len(chunk) == 0 {
@@ -70,10 +74,16 @@ func (f *framer) next() (obj, method []byte, err error) {
 				case c == '\\':
 					esc = true
 					valStart = -1 // an escaped method: no hint
+					if keyStart >= 0 {
+						ambiguous = true // an escaped key may decode to "method"
+					}
 				case c == '"':
 					inStr = false
 					if keyStart >= 0 {
-						methodNext = string(f.buf[keyStart:pos]) == "method"
+						k := f.buf[keyStart:pos]
+						methodNext = string(k) == "method"
+						// encoding/json matches keys case-insensitively.
+						ambiguous = ambiguous || !methodNext && bytes.EqualFold(k, []byte("method"))
 						keyStart = -1
 					} else if valStart >= 0 {
 						mStart, mEnd = valStart, pos
@@ -110,7 +120,7 @@ func (f *framer) next() (obj, method []byte, err error) {
 				f.buf = f.buf[:pos+1]
 				// Only an ASCII method is a hint: encoding/json turns
 				// invalid UTF-8 into U+FFFD, so raw bytes could differ.
-				if mStart >= 0 && isASCII(f.buf[mStart:mEnd]) {
+				if mStart >= 0 && !ambiguous && isASCII(f.buf[mStart:mEnd]) {
 					method = f.buf[mStart:mEnd]
 				}
 				return f.buf, method, nil
