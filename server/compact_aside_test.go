@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -107,5 +108,77 @@ func TestClientCompactionDoesNotHoldAppends(t *testing.T) {
 	r := openSocket(t, "socket:"+ln.Addr().String(), lnvault.OpenOptions{ReadOnly: true})
 	if h, n := restoreHash(t, r); h != prefixHash(t, len(changes)) {
 		t.Fatalf("restore after compaction: %s (%d changes)", h, n)
+	}
+}
+
+// The Python reference server serves one connection at a time: a second
+// connection is accepted by the kernel but never answered. Compact must then
+// give up on the side connection (after its short HELLO timeout) and compact
+// over the writer's connection, as the reference client does.
+func TestClientCompactionFallsBackWhenSecondConnectionIsSilent(t *testing.T) {
+	ts := startServer(t, server.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first connection is relayed to the real server; later ones are
+	// held open in silence.
+	silent := make(chan net.Conn, 16)
+	defer func() {
+		ln.Close()
+		for len(silent) > 0 {
+			(<-silent).Close()
+		}
+	}()
+	go func() {
+		first := true
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !first {
+				silent <- c
+				continue
+			}
+			first = false
+			up, err := net.Dial("tcp", ts.addr)
+			if err != nil {
+				c.Close()
+				return
+			}
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	ctx := context.Background()
+	c := openSocket(t, "socket:"+ln.Addr().String(), lnvault.OpenOptions{})
+	changes := corpusChanges(t)[:50]
+	for _, ch := range changes {
+		if err := c.Append(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	st, err := c.Compact(ctx)
+	if err != nil {
+		t.Fatalf("compaction through the writer's connection: %v", err)
+	}
+	if took := time.Since(start); took < 2*time.Second || took > time.Minute {
+		t.Fatalf("compaction took %v: the side connection should have been tried for its HELLO timeout first", took)
+	}
+	if st.Before.VersionCount != 50 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Known now: the next compaction goes straight to the writer's connection.
+	start = time.Now()
+	if _, err := c.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("second compaction took %v: the silent side connection was tried again", took)
+	}
+	if err := c.Append(ctx, lnvault.NewTransaction(changes[49].Version+1, []string{"UPDATE vars SET intval = intval + 1 WHERE name = 'data_version'"})); err != nil {
+		t.Fatal(err)
 	}
 }
