@@ -436,14 +436,14 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 func (c *conn) compact(log *slog.Logger) {
 	s := c.s
 	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		s.compacting = false
-		s.mu.Unlock()
-	}()
 	log.Info("compaction started")
 	start := time.Now()
 	st, err := s.b.Compact(s.ctx)
+	// Done before the answer goes out: a client may ask again as soon as it
+	// has it.
+	s.mu.Lock()
+	s.compacting = false
+	s.mu.Unlock()
 	if err != nil {
 		log.Error("compaction failed", "err", err)
 		if err := c.nack("compact_failed", log); err != nil {
