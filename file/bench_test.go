@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/harness"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,25 +79,9 @@ func BenchmarkAppend(b *testing.B) {
 				raw = append(raw, t2.Sub(t1))
 			}
 			b.StopTimer()
-			pa50, pa99 := pct(app, 50), pct(app, 99)
-			pr50, pr99 := pct(raw, 50), pct(raw, 99)
-			b.ReportMetric(float64(pa50.Microseconds()), "p50-µs")
-			b.ReportMetric(float64(pa99.Microseconds()), "p99-µs")
-			b.ReportMetric(float64(pr50.Microseconds()), "raw-p50-µs")
-			b.ReportMetric(float64(pr99.Microseconds()), "raw-p99-µs")
-			b.ReportMetric(float64(pa50)/float64(pr50), "p50-ratio")
-			b.ReportMetric(float64(pa99)/float64(pr99), "p99-ratio")
+			harness.ReportRatios(b, app, raw, "raw")
 		})
 	}
-}
-
-func pct(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[min(len(s)-1, len(s)*p/100)]
 }
 
 // BenchmarkCorpusSize writes the whole corpus in both formats and reports the

@@ -13,16 +13,11 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/wire"
 	"golang.org/x/sys/unix"
 )
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(float64(len(s))*p))]
-}
 
 // refEcho is the floor an Append cannot beat: send the same bytes over a
 // loopback TCP connection, have the other side append them to a file and
@@ -129,13 +124,6 @@ func BenchmarkAckLatency(b *testing.B) {
 		dir = append(dir, t3.Sub(t2))
 	}
 	b.StopTimer()
-	p50, p99 := percentile(app, 0.5), percentile(app, 0.99)
-	r50, r99 := percentile(refl, 0.5), percentile(refl, 0.99)
-	b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
-	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
-	b.ReportMetric(float64(r50.Microseconds()), "ref-p50-µs")
-	b.ReportMetric(float64(r99.Microseconds()), "ref-p99-µs")
-	b.ReportMetric(float64(percentile(dir, 0.5).Microseconds()), "file-only-p50-µs")
-	b.ReportMetric(float64(p50)/float64(r50), "p50-ratio")
-	b.ReportMetric(float64(p99)/float64(r99), "p99-ratio")
+	harness.ReportRatios(b, app, refl, "ref")
+	b.ReportMetric(float64(harness.Summarize(dir).P50.Microseconds()), "file-only-p50-µs")
 }

@@ -1,8 +1,6 @@
 package server_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -72,19 +70,7 @@ func TestInteropPythonClient(t *testing.T) {
 // The lnvault socket: backend writes to, rewinds on, compacts on and
 // restores from the Python server.
 func TestInteropPythonServer(t *testing.T) {
-	cmd := exec.Command("python3", "testdata/refserver.py")
-	stdout, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	port, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("python server: %v\n%s", err, stderr.String())
-	}
-	url := "socket:127.0.0.1:" + strings.TrimSpace(port)
+	url := startPythonServer(t)
 	ctx := context.Background()
 	c := openSocket(t, url, lnvault.OpenOptions{Create: true})
 	changes := corpusChanges(t)[:300]

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"reflect"
 	"strings"
@@ -25,11 +24,7 @@ func testVersions() []SCBVersion {
 // them from these.
 func TestExtFixedLayouts(t *testing.T) {
 	id := "000000000042-20260102T150405.123456789Z"
-	tests := []struct {
-		name  string
-		write func(w *Writer) error
-		want  string
-	}{
+	tests := []layoutCase{
 		{"hello", func(w *Writer) error { return w.WriteFeatures(TypeHello, []string{"scb"}) }, "20 00000003 736362"},
 		{"hello two", func(w *Writer) error { return w.WriteFeatures(TypeHello, []string{"scb", "x.y"}) }, "20 00000007 736362 20 782e79"},
 		{"features none", func(w *Writer) error { return w.WriteFeatures(TypeFeatures, nil) }, "21 00000000"},
@@ -41,17 +36,7 @@ func TestExtFixedLayouts(t *testing.T) {
 		{"scb_data", func(w *Writer) error { return w.WriteSCB(TypeSCBData, []byte("LNV")) }, "26 00000003 4c4e56"},
 		{"ext_error", func(w *Writer) error { return w.WriteExtError("no") }, "27 00000002 6e6f"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var b bytes.Buffer
-			if err := tc.write(NewWriter(&b)); err != nil {
-				t.Fatal(err)
-			}
-			if want := mustHex(t, tc.want); !bytes.Equal(b.Bytes(), want) {
-				t.Fatalf("got % x, want % x", b.Bytes(), want)
-			}
-		})
-	}
+	checkLayouts(t, tests)
 }
 
 func hexOf(s string) string {
@@ -130,13 +115,7 @@ func TestExtRoundTrip(t *testing.T) {
 }
 
 func TestExtBadInput(t *testing.T) {
-	tests := []struct {
-		name string
-		in   []byte
-		lim  Limits
-		want error
-		msg  string
-	}{
+	tests := []badCase{
 		{"bad feature", packet(TypeHello, []byte("scb  x")), Limits{}, ErrMalformed, "invalid feature name"},
 		{"upper feature", packet(TypeFeatures, []byte("SCB")), Limits{}, ErrMalformed, "invalid feature name"},
 		{"features too long", packet(TypeFeatures, bytes.Repeat([]byte("a "), 600)), Limits{}, ErrTooLarge, "limit is 1024"},
@@ -155,19 +134,7 @@ func TestExtBadInput(t *testing.T) {
 		{"truncated scb_data", packet(TypeSCBData, make([]byte, 100))[:50], Limits{}, io.ErrUnexpectedEOF, "SCB_DATA"},
 		{"unknown ext", packet(0x28, nil), Limits{}, ErrMalformed, "unknown packet type 0x28"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			r := NewReader(bytes.NewReader(tc.in), tc.lim)
-			defer r.Close()
-			_, err := r.Next()
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-			if !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("err = %q, want it to mention %q", err, tc.msg)
-			}
-		})
-	}
+	checkBadInput(t, tests)
 }
 
 func TestExtWriterRefuses(t *testing.T) {

@@ -65,11 +65,7 @@ func TestChangeBytes(t *testing.T) {
 }
 
 func TestFixedLayouts(t *testing.T) {
-	tests := []struct {
-		name  string
-		write func(w *Writer) error
-		want  string
-	}{
+	tests := []layoutCase{
 		{"metadata", func(w *Writer) error {
 			return w.WriteMetadata(lnvault.Metadata{Version: 0x0102, PrevVersion: 0x0101, VersionCount: 0x0a0b0c0d0e})
 		}, "08 00000014 00000001 00000102 00000101 0000000a0b0c0d0e"},
@@ -81,17 +77,7 @@ func TestFixedLayouts(t *testing.T) {
 		{"done", func(w *Writer) error { return w.WriteEmpty(TypeDone) }, "09 00000000"},
 		{"compact", func(w *Writer) error { return w.WriteEmpty(TypeCompact) }, "0a 00000000"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var b bytes.Buffer
-			if err := tc.write(NewWriter(&b)); err != nil {
-				t.Fatal(err)
-			}
-			if want := mustHex(t, tc.want); !bytes.Equal(b.Bytes(), want) {
-				t.Fatalf("got % x, want % x", b.Bytes(), want)
-			}
-		})
-	}
+	checkLayouts(t, tests)
 }
 
 func TestCompactResJSON(t *testing.T) {
@@ -234,13 +220,7 @@ func versioned(v uint32, rest []byte) []byte {
 func TestBadInput(t *testing.T) {
 	bomb := zlibOf(make([]byte, 8<<20)) // 8 MiB of zeros in ~8 KB
 	good := zlibOf([]byte(w7))
-	tests := []struct {
-		name string
-		in   []byte
-		lim  Limits
-		want error // errors.Is target
-		msg  string
-	}{
+	tests := []badCase{
 		{"unknown type", packet(0x42, nil), Limits{}, ErrMalformed, "unknown packet type 0x42"},
 		{"oversized length", []byte{0x01, 0xff, 0xff, 0xff, 0xff}, Limits{MaxPacket: 1 << 20}, ErrTooLarge, "limit is 1048576"},
 		{"zlib bomb change", packet(TypeChange, versioned(3, bomb)), Limits{MaxChange: 1 << 20}, ErrTooLarge, "decompresses to more than"},
@@ -258,19 +238,7 @@ func TestBadInput(t *testing.T) {
 		{"truncated ack", []byte{0x06, 0, 0, 0, 4, 0}, Limits{}, io.ErrUnexpectedEOF, ""},
 		{"truncated change", packet(TypeChange, versioned(3, good))[:20], Limits{}, io.ErrUnexpectedEOF, ""},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			r := NewReader(bytes.NewReader(tc.in), tc.lim)
-			defer r.Close()
-			_, err := r.Next()
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-			if !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("err = %q, want it to mention %q", err, tc.msg)
-			}
-		})
-	}
+	checkBadInput(t, tests)
 }
 
 func TestNULInStatement(t *testing.T) {
@@ -318,5 +286,53 @@ func BenchmarkWriteChange(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		w.WriteChange(c)
+	}
+}
+
+// layoutCase: what write puts on the wire, in hex (spaces ignored).
+type layoutCase struct {
+	name  string
+	write func(w *Writer) error
+	want  string
+}
+
+func checkLayouts(t *testing.T, tests []layoutCase) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := tc.write(NewWriter(&b)); err != nil {
+				t.Fatal(err)
+			}
+			if want := mustHex(t, tc.want); !bytes.Equal(b.Bytes(), want) {
+				t.Fatalf("got % x, want % x", b.Bytes(), want)
+			}
+		})
+	}
+}
+
+// badCase: decoding in must fail with an error that is want and mentions msg.
+type badCase struct {
+	name string
+	in   []byte
+	lim  Limits
+	want error
+	msg  string
+}
+
+func checkBadInput(t *testing.T, tests []badCase) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewReader(bytes.NewReader(tc.in), tc.lim)
+			defer r.Close()
+			_, err := r.Next()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %q, want it to mention %q", err, tc.msg)
+			}
+		})
 	}
 }

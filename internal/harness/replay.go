@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"testing"
 	"time"
 
 	"github.com/lnvault/lnvault/internal/corpus"
@@ -57,4 +58,18 @@ func Percentile(sorted []time.Duration, q float64) time.Duration {
 	}
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// ReportRatios reports the p50 and p99 of got and of ref (its floor, measured
+// in the same loop) in µs, as "p50-µs" and "<refName>-p50-µs", and got's
+// ratios to ref as "p50-ratio" and "p99-ratio".
+func ReportRatios(b *testing.B, got, ref []time.Duration, refName string) {
+	g, r := Summarize(got), Summarize(ref)
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) }
+	b.ReportMetric(us(g.P50), "p50-µs")
+	b.ReportMetric(us(g.P99), "p99-µs")
+	b.ReportMetric(us(r.P50), refName+"-p50-µs")
+	b.ReportMetric(us(r.P99), refName+"-p99-µs")
+	b.ReportMetric(float64(g.P50)/float64(r.P50), "p50-ratio")
+	b.ReportMetric(float64(g.P99)/float64(r.P99), "p99-ratio")
 }
