@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -62,16 +61,7 @@ func TestCLISCBOnS3(t *testing.T) {
 	}
 
 	r := mustRun(t, "scb", "list", url, "--json")
-	var list []struct {
-		Seq       uint64 `json:"seq"`
-		Kind      string `json:"kind"`
-		Channels  int    `json:"channels"`
-		Encrypted bool   `json:"encrypted"`
-		Error     string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, r.stdout)
-	}
+	list := scbListJSON(t, r.stdout)
 	if len(list) != 2 || list[1].Seq != 2 || list[1].Channels != 2 || list[0].Channels != 1 || !list[1].Encrypted || list[1].Kind != "cln-scb" || list[1].Error != "" {
 		t.Fatalf("list: %+v", list)
 	}

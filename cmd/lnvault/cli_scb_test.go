@@ -55,16 +55,7 @@ func TestCLISCBEncryptedPutListGet(t *testing.T) {
 	}
 
 	r = mustRun(t, "scb", "list", url, "--json")
-	var list []struct {
-		Seq       uint64 `json:"seq"`
-		Kind      string `json:"kind"`
-		Channels  int    `json:"channels"`
-		Encrypted bool   `json:"encrypted"`
-		Error     string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, r.stdout)
-	}
+	list := scbListJSON(t, r.stdout)
 	if len(list) != 1 || list[0].Kind != "cln-scb" || list[0].Channels != 2 || !list[0].Encrypted || list[0].Error != "" {
 		t.Fatalf("list: %+v", list)
 	}
@@ -165,4 +156,22 @@ func TestCLISCBWatch(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("watch did not exit cleanly on SIGTERM: %v\n%s", err, stderr.String())
 	}
+}
+
+// scbListEntry is what the tests read of `scb list --json`.
+type scbListEntry struct {
+	Seq       uint64 `json:"seq"`
+	Kind      string `json:"kind"`
+	Channels  int    `json:"channels"`
+	Encrypted bool   `json:"encrypted"`
+	Error     string `json:"error"`
+}
+
+func scbListJSON(t *testing.T, out string) []scbListEntry {
+	t.Helper()
+	var list []scbListEntry
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	return list
 }
