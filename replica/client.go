@@ -361,17 +361,6 @@ func (c *Client) Generations(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// WriteSnapshot stores an encoded snapshot object.
-func (c *Client) WriteSnapshot(ctx context.Context, gen string, data []byte, h Header) (SnapshotInfo, error) {
-	key := snapshotKey(gen, h)
-	if err := c.Store.Put(ctx, key, data); err != nil {
-		return SnapshotInfo{}, err
-	}
-	s, _ := parseSnapshotName(gen, key[len(gen)+len("/snapshots/"):])
-	s.Size, s.Key = int64(len(data)), key
-	return s, nil
-}
-
 // WriteSnapshotFile stores a snapshot object encoded by EncodeSnapshotFile
 // (size bytes of f), streaming it.
 func (c *Client) WriteSnapshotFile(ctx context.Context, gen string, f *os.File, size int64, h Header) (SnapshotInfo, error) {
@@ -410,23 +399,6 @@ func (c *Client) get(ctx context.Context, key string, version uint32) ([]byte, e
 		return nil, c.corrupt(key, version, "the object is missing (deleted while in use?)")
 	}
 	return data, err
-}
-
-// ReadSnapshot downloads and verifies a snapshot in memory: for small ones
-// only; OpenSnapshot streams.
-func (c *Client) ReadSnapshot(ctx context.Context, s SnapshotInfo) (Header, []byte, error) {
-	data, err := c.get(ctx, s.Key, s.Version)
-	if err != nil {
-		return Header{}, nil, err
-	}
-	h, db, err := DecodeSnapshot(data)
-	if err != nil {
-		return h, nil, c.corrupt(s.Key, s.Version, err.Error())
-	}
-	if h.LastIndex != s.Index || h.LastVersion != s.Version {
-		return h, nil, c.corrupt(s.Key, s.Version, fmt.Sprintf("its header says index %d version %d, its name index %d version %d", h.LastIndex, h.LastVersion, s.Index, s.Version))
-	}
-	return h, db, nil
 }
 
 // OpenSnapshot downloads and verifies a snapshot through temp files, with

@@ -122,7 +122,15 @@ func TestSnapshotFileRoundTrip(t *testing.T) {
 	}
 	small := bytes.Repeat([]byte("page"), 3000)
 	old, oh := replica.EncodeSnapshot(5, 10, 9, small, time.Unix(1700000001, 0))
-	oinfo, err := c.WriteSnapshot(ctx, gen, old, oh)
+	of, err := os.CreateTemp(t.TempDir(), "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer of.Close()
+	if _, err := of.Write(old); err != nil {
+		t.Fatal(err)
+	}
+	oinfo, err := c.WriteSnapshotFile(ctx, gen, of, int64(len(old)), oh)
 	if err != nil {
 		t.Fatal(err)
 	}
