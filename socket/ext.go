@@ -52,8 +52,9 @@ func (e *noExtError) Error() string {
 // together: an lnvault server answers FEATURES then METADATA; a reference
 // server answers METADATA alone or closes the connection. Only FEATURES
 // listing feature gives a connection; the rest is a *noExtError. The first
-// answer must come within helloTimeout; later reads use cfg.Timeout.
-func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, helloTimeout time.Duration) (*extConn, error) {
+// answer must come within helloTimeout (no answer by then is a *noExtError
+// when silentIsNo, a timeout error otherwise); later reads use cfg.Timeout.
+func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, helloTimeout time.Duration, silentIsNo bool) (*extConn, error) {
 	nc, err := (&Backend{cfg: cfg}).dial(ctx)
 	if err != nil {
 		return nil, err
@@ -75,7 +76,7 @@ func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, 
 		c.close()
 		var ne net.Error
 		if ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || isReset(err) ||
-			errors.As(err, &ne) && ne.Timeout() && helloTimeout < cfg.Timeout) {
+			silentIsNo && errors.As(err, &ne) && ne.Timeout()) {
 			return nil, &noExtError{err: err}
 		}
 		return nil, c.netErr(ctx, "HELLO", err)

@@ -54,7 +54,7 @@ func (s *SCBStore) Close() error { return nil }
 
 // connect dials and asks for the SCB feature (see dialExt).
 func (s *SCBStore) connect(ctx context.Context) (*extConn, error) {
-	c, err := dialExt(ctx, s.cfg, wire.FeatureSCB, wire.DefaultMaxSCB, s.cfg.Timeout)
+	c, err := dialExt(ctx, s.cfg, wire.FeatureSCB, wire.DefaultMaxSCB, s.cfg.Timeout, false)
 	var ne *noExtError
 	if !errors.As(err, &ne) {
 		return c, err

@@ -462,7 +462,7 @@ const asideHelloTimeout = 3 * time.Second
 // FeatureCompact, so that appends on the main connection are not held for the
 // whole compaction. A server without it gives a *noExtError.
 func (b *Backend) compactAside(ctx context.Context) (lnvault.CompactStats, error) {
-	c, err := dialExt(ctx, b.cfg, wire.FeatureCompact, 0, min(asideHelloTimeout, b.cfg.Timeout))
+	c, err := dialExt(ctx, b.cfg, wire.FeatureCompact, 0, min(asideHelloTimeout, b.cfg.Timeout), true)
 	if err != nil {
 		return lnvault.CompactStats{}, err
 	}
