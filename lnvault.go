@@ -125,6 +125,15 @@ type Backend interface {
 	Close() error
 }
 
+// Idler is implemented by backends that can do, while their writer waits for
+// the next change, work that would otherwise fall on the next Append (the
+// file backend resets its compressor's tables). Writers call Idle after
+// acknowledging a change when no other request is waiting; it must be cheap
+// and never block on the backend's lock.
+type Idler interface {
+	Idle()
+}
+
 // VersionAtTimer is implemented by backends that know when each change was
 // stored (object storage), for point-in-time restores (`--to-time`).
 type VersionAtTimer interface {

@@ -148,6 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// lightningd waits for the db_write answer before anything else, so it is
 	// handled where it is read (no goroutine hand-off on the ack path).
+	p.OnIdle(v.Idle)
 	clnplugin.AddTypedSyncHook(p, "db_write", func(ctx context.Context, req *dbWriteParams) (any, error) {
 		if req.DataVersion == nil {
 			return nil, errors.New("malformed db_write params: no data_version")

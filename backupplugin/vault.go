@@ -136,6 +136,17 @@ func (v *Vault) Write(ctx context.Context, version uint32, writes []string) erro
 	return nil
 }
 
+// Idle lets every destination that can prepare for the next change do so
+// (lnvault.Idler); the plugin calls it after answering a db_write when
+// lightningd has sent nothing else yet.
+func (v *Vault) Idle() {
+	for _, d := range v.dests {
+		if i, ok := d.Backend.(lnvault.Idler); ok {
+			i.Idle()
+		}
+	}
+}
+
 func (v *Vault) first(ctx context.Context, c *lnvault.Change) error {
 	actions := make([]Action, len(v.dests))
 	var empty, nonEmpty []string

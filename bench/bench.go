@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -135,43 +136,76 @@ func RunRequests(ctx context.Context, o Options, reqs []corpus.Request, name str
 	if err := h.Start(ctx); err != nil {
 		return res, err
 	}
-	start := time.Now()
-	if err := h.Replay(ctx, reqs, o.Early); err != nil {
-		return res, err
+	sizes := make([]int, len(reqs))
+	for i, r := range reqs {
+		sizes[i] = RecordSize(r.Writes)
+		res.Bytes += int64(sizes[i])
 	}
-	res.Elapsed = time.Since(start)
+	// The baseline is measured in slices between slices of the replay, so
+	// that both see the same disk (or network) weather: storage latency
+	// drifts over seconds, and a baseline taken after the whole replay
+	// compares two different moments.
+	var base baseline
+	if localPath == "" {
+		// No filesystem of ours to fdatasync on: the floor is the
+		// destination's request round trip.
+		rt, err := newRoundTripper(ctx, url)
+		if err != nil {
+			res.RawNote = fmt.Sprintf("n/a (status round trips to %s failed: %v)", url, err)
+		} else {
+			defer rt.close()
+			base, res.RawLabel = rt, "round trip"
+		}
+	} else {
+		rw, err := newRawWriter(filepath.Dir(localPath), sizes)
+		if err != nil {
+			return res, fmt.Errorf("raw fdatasync baseline: %w", err)
+		}
+		defer rw.close()
+		base, res.RawLabel = rw, "raw fdatasync"
+	}
+	var baseLats []time.Duration
+	for from := 0; from < len(reqs); from += interleave {
+		to := min(from+interleave, len(reqs))
+		start := time.Now()
+		if err := h.Replay(ctx, reqs[from:to], o.Early-from); err != nil {
+			return res, err
+		}
+		res.Elapsed += time.Since(start)
+		if base != nil {
+			lats, err := base.measure(ctx, sizes[from:to])
+			if err != nil {
+				res.RawNote = fmt.Sprintf("n/a (%s baseline failed: %v)", res.RawLabel, err)
+				base = nil // closed by the defer above
+				continue
+			}
+			baseLats = append(baseLats, lats...)
+		}
+	}
 	if _, err := h.Stop(ctx); err != nil {
 		return res, err
 	}
 	lats := h.Latencies()
 	res.Ack = harness.Summarize(lats)
 	res.ChangesPerSec = float64(len(lats)) / res.Elapsed.Seconds()
-	sizes := make([]int, len(reqs))
-	for i, r := range reqs {
-		sizes[i] = RecordSize(r.Writes)
-		res.Bytes += int64(sizes[i])
-	}
-	if localPath == "" {
-		// No filesystem of ours to fdatasync on: the floor is the
-		// destination's request round trip, measured now.
-		rt, err := StatusRoundTrips(ctx, url, min(len(reqs), 500))
-		if err != nil {
-			res.RawNote = fmt.Sprintf("n/a (status round trips to %s failed: %v)", url, err)
-			return res, nil
-		}
-		res.Raw, res.RawLabel = &rt, "round trip"
-		res.P50Ratio = ratio(res.Ack.P50, rt.P50)
-		res.P99Ratio = ratio(res.Ack.P99, rt.P99)
+	if base == nil {
 		return res, nil
 	}
-	raw, err := RawFsync(ctx, filepath.Dir(localPath), sizes)
-	if err != nil {
-		return res, fmt.Errorf("raw fdatasync baseline: %w", err)
-	}
-	res.Raw, res.RawLabel = &raw, "raw fdatasync"
+	raw := harness.Summarize(baseLats)
+	res.Raw = &raw
 	res.P50Ratio = ratio(res.Ack.P50, raw.P50)
 	res.P99Ratio = ratio(res.Ack.P99, raw.P99)
 	return res, nil
+}
+
+// interleave is how many db_writes go between two slices of the baseline.
+const interleave = 100
+
+// baseline measures the floor under an acknowledged change, one latency per
+// size.
+type baseline interface {
+	measure(ctx context.Context, sizes []int) ([]time.Duration, error)
+	close()
 }
 
 func ratio(a, b time.Duration) float64 {
@@ -231,58 +265,74 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 	return url, local, cleanup, nil
 }
 
-// StatusRoundTrips times n Status requests to the backup at url (for socket:
-// one REQ_METADATA round trip, for s3:// a listing): the least any
-// acknowledged change to that destination can cost.
-func StatusRoundTrips(ctx context.Context, url string, n int) (harness.Stats, error) {
+// roundTripper times Status requests to the backup (for socket: one
+// REQ_METADATA round trip, for s3:// a listing): the least any acknowledged
+// change to that destination can cost.
+type roundTripper struct{ b lnvault.Backend }
+
+func newRoundTripper(ctx context.Context, url string) (*roundTripper, error) {
 	b, err := lnvault.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true})
 	if err != nil {
-		return harness.Stats{}, err
+		return nil, err
 	}
-	defer b.Close()
-	lats := make([]time.Duration, 0, n)
-	for range n {
+	return &roundTripper{b}, nil
+}
+
+func (r *roundTripper) measure(ctx context.Context, sizes []int) ([]time.Duration, error) {
+	lats := make([]time.Duration, 0, len(sizes))
+	for range sizes {
 		t := time.Now()
-		if _, err := b.Status(ctx); err != nil {
-			return harness.Stats{}, err
+		if _, err := r.b.Status(ctx); err != nil {
+			return nil, err
 		}
 		lats = append(lats, time.Since(t))
 	}
-	return harness.Summarize(lats), nil
+	return lats, nil
 }
 
-// RawFsync appends each size's bytes to a new file in dir and fdatasyncs
-// after each: the floor under any durable append on that filesystem.
-func RawFsync(ctx context.Context, dir string, sizes []int) (harness.Stats, error) {
+func (r *roundTripper) close() { r.b.Close() }
+
+// rawWriter appends to a temp file in the destination's directory with an
+// fdatasync after each write: the floor under any durable append on that
+// filesystem.
+type rawWriter struct {
+	f   *os.File
+	buf []byte
+}
+
+func newRawWriter(dir string, sizes []int) (*rawWriter, error) {
 	f, err := os.CreateTemp(dir, ".lnvault-rawsync-*")
 	if err != nil {
-		return harness.Stats{}, err
+		return nil, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	maxSize := 0
-	for _, s := range sizes {
-		maxSize = max(maxSize, s)
-	}
-	buf := make([]byte, maxSize)
+	buf := make([]byte, slices.Max(append(sizes, 1)))
 	for i := range buf {
 		buf[i] = byte(i)
 	}
+	return &rawWriter{f: f, buf: buf}, nil
+}
+
+func (r *rawWriter) measure(ctx context.Context, sizes []int) ([]time.Duration, error) {
 	lats := make([]time.Duration, 0, len(sizes))
 	for _, s := range sizes {
 		if err := ctx.Err(); err != nil {
-			return harness.Stats{}, err
+			return nil, err
 		}
 		t := time.Now()
-		if _, err := f.Write(buf[:s]); err != nil {
-			return harness.Stats{}, err
+		if _, err := r.f.Write(r.buf[:s]); err != nil {
+			return nil, err
 		}
-		if err := fdatasync(f); err != nil {
-			return harness.Stats{}, err
+		if err := fdatasync(r.f); err != nil {
+			return nil, err
 		}
 		lats = append(lats, time.Since(t))
 	}
-	return harness.Summarize(lats), nil
+	return lats, nil
+}
+
+func (r *rawWriter) close() {
+	r.f.Close()
+	os.Remove(r.f.Name())
 }
 
 func fdatasync(f *os.File) error {

@@ -125,6 +125,7 @@ type Plugin struct {
 	typedHooks map[string]typedHook
 	subs       map[string][]func(context.Context, json.RawMessage)
 	inits      []InitFunc
+	idle       []func()
 	manifest   map[string]any
 
 	wmu  sync.Mutex
@@ -235,6 +236,20 @@ func (t *typed[T]) run(p *Plugin, ctx, hookCtx context.Context, obj []byte) bool
 // delivered in order on one goroutine; fn must not block for long.
 func (p *Plugin) Subscribe(topic string, fn func(ctx context.Context, params json.RawMessage)) {
 	p.subs[topic] = append(p.subs[topic], fn)
+}
+
+// OnIdle adds fn to run on the reader goroutine after a synchronous hook has
+// been answered, when no other request is waiting: lightningd is busy with
+// the answer, so work done now is off its critical path. fn must be short.
+func (p *Plugin) OnIdle(fn func()) { p.idle = append(p.idle, fn) }
+
+func (p *Plugin) runIdle(fr *framer) {
+	if len(p.idle) == 0 || fr.waiting() {
+		return
+	}
+	for _, fn := range p.idle {
+		fn()
+	}
 }
 
 // OnInit adds work to do at init, in the order added.
@@ -469,6 +484,7 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 				return
 			}
 			if th, ok := p.typedHooks[string(method)]; ok && method != nil && th.run(p, ctx, hookCtx, obj) {
+				p.runIdle(fr)
 				d.Unlock()
 				continue
 			}
@@ -479,6 +495,9 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 				return
 			}
 			err = p.dispatch(ctx, hookCtx, m, queues, notes, &workWG)
+			if err == nil && p.syncHooks[m.Method] && len(m.ID) != 0 && string(m.ID) != "null" {
+				p.runIdle(fr)
+			}
 			d.Unlock()
 			if err != nil {
 				readErr <- err

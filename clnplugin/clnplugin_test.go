@@ -510,3 +510,94 @@ func feed(w io.Writer, b []byte, n int) {
 		b = b[k:]
 	}
 }
+
+// OnIdle runs after a synchronous hook's answer is written, and only when no
+// other request is waiting.
+func TestOnIdle(t *testing.T) {
+	p := New()
+	type params struct {
+		V *uint32 `json:"data_version"`
+	}
+	AddTypedSyncHook(p, "db_write", func(ctx context.Context, q *params) (any, error) {
+		return json.RawMessage(`{"result":"continue"}`), nil
+	})
+	p.AddSyncHook("other", func(ctx context.Context, _ json.RawMessage) (any, error) { return "ok", nil })
+	idled := make(chan struct{})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	p.OnIdle(func() {
+		calls.Add(1)
+		idled <- struct{}{}
+		<-release
+	})
+	r := start(t, p)
+	answers := make(chan msg, 10)
+	go func() {
+		for {
+			var m msg
+			if err := r.out.Decode(&m); err != nil {
+				close(answers)
+				return
+			}
+			if m.Method == "" {
+				answers <- m
+			}
+		}
+	}()
+	wait := func(what string) msg {
+		t.Helper()
+		select {
+		case m := <-answers:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s", what)
+		}
+		return msg{}
+	}
+	waitIdle := func(what string) {
+		t.Helper()
+		select {
+		case <-idled:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("OnIdle not called %s", what)
+		}
+	}
+	req := func(id, method string) string {
+		return `{"jsonrpc":"2.0","id":"` + id + `","method":"` + method + `","params":{"data_version":1}}`
+	}
+
+	// One request: its answer arrives while the idle function still runs.
+	r.send(t, req("a", "db_write")+"\n\n")
+	waitIdle("after a lone db_write")
+	if m := wait("answer to a"); string(m.ID) != `"a"` {
+		t.Fatalf("answer %s", m.ID)
+	}
+	release <- struct{}{}
+
+	// Two requests in one write: the second is waiting when the first is
+	// answered, so the idle function runs once, after the second.
+	r.send(t, req("b", "db_write")+req("c", "other"))
+	waitIdle("after two requests")
+	for _, id := range []string{`"b"`, `"c"`} {
+		if m := wait("answer"); string(m.ID) != id {
+			t.Fatalf("answer %s, want %s", m.ID, id)
+		}
+	}
+	release <- struct{}{}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("OnIdle ran %d times, want 2", n)
+	}
+
+	// Notifications and plain methods are not hooks: no idle call.
+	r.send(t, `{"jsonrpc":"2.0","method":"some_notification","params":{}}`+`{"jsonrpc":"2.0","id":"m","method":"getmanifest","params":{}}`)
+	if m := wait("getmanifest answer"); string(m.ID) != `"m"` {
+		t.Fatalf("answer %s", m.ID)
+	}
+	r.in.Close()
+	if err := <-r.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("OnIdle ran %d times after a notification and getmanifest, want 2", n)
+	}
+}

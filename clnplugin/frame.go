@@ -20,6 +20,18 @@ type framer struct {
 
 func newFramer(r io.Reader) *framer { return &framer{r: bufio.NewReaderSize(r, 64<<10)} }
 
+// waiting reports whether input beyond whitespace is already buffered (the
+// next object has at least begun to arrive).
+func (f *framer) waiting() bool {
+	b, _ := f.r.Peek(f.r.Buffered())
+	for _, c := range b {
+		if !isSpace(c) {
+			return true
+		}
+	}
+	return false
+}
+
 // isSpace is JSON's whitespace.
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 

@@ -184,6 +184,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	b.f = tmp
 	old.Close()
 	b.setHdr(nh, slot)
+	b.fsize = int64(nh.endOffset)
 	b.truncFirst = false
 	if err := syncDir(dir); err != nil {
 		// The rename may not survive a crash: appends to the new file could

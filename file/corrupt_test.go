@@ -202,31 +202,37 @@ func TestInterruptedAppend(t *testing.T) {
 }
 
 // A damaged newest header with two records after the intact one's end cannot
-// be an interrupted append: the writer refuses.
+// be an interrupted append: the writer refuses, whether the writer closed
+// (file cut at the records' end) or crashed (preallocated zeros after them).
 func TestUnexplainedHeaderDamage(t *testing.T) {
-	reqs := corpus.MustLoad()[:12]
-	url, path := tempURL(t, "b.dbak")
-	b := mustOpen(t, url, lnvault.OpenOptions{Create: true})
-	appendAll(t, b, reqs[:10])
-	b.Close()
-	before, _ := os.ReadFile(path)
-	b = mustOpen(t, url, lnvault.OpenOptions{})
-	appendAll(t, b, reqs[10:])
-	b.Close()
-	data, _ := os.ReadFile(path)
-	// Put back the header of 10 changes in its slot, and damage the other.
-	cur := 0
-	if string(data[:headerSize]) == string(before[:headerSize]) {
-		cur = 1
-	}
-	copy(data[(1-cur)*headerSize:], before[(1-cur)*headerSize:(2-cur)*headerSize])
-	if _, st, _ := decodeV2(data[(1-cur)*headerSize : (2-cur)*headerSize]); st != slotValid {
-		t.Skip("layout assumption broken")
-	}
-	data[cur*headerSize+9] ^= 4
-	os.WriteFile(path, data, 0o600)
-	_, err := Open(context.Background(), url, lnvault.OpenOptions{Logger: quietLog()})
-	if !errors.Is(err, lnvault.ErrCorrupt) || !strings.Contains(err.Error(), "not an interrupted append") {
-		t.Fatalf("writer open: %v", err)
+	for name, stop := range map[string]func(*Backend){"closed": func(b *Backend) { b.Close() }, "crashed": crash} {
+		t.Run(name, func(t *testing.T) {
+			reqs := corpus.MustLoad()[:12]
+			url, path := tempURL(t, "b.dbak")
+			b := mustOpen(t, url, lnvault.OpenOptions{Create: true})
+			appendAll(t, b, reqs[:10])
+			stop(b)
+			before, _ := os.ReadFile(path)
+			b = mustOpen(t, url, lnvault.OpenOptions{})
+			appendAll(t, b, reqs[10:])
+			stop(b)
+			data, _ := os.ReadFile(path)
+			if name == "crashed" && len(data) <= int(b.hdr.endOffset) {
+				t.Fatalf("no preallocated room: file %d bytes, records end at %d", len(data), b.hdr.endOffset)
+			}
+			// Put back the header of 9 changes in the older slot, and damage
+			// the newest.
+			cur := b.slot
+			copy(data[(1-cur)*headerSize:], before[(1-cur)*headerSize:(2-cur)*headerSize])
+			if _, st, _ := decodeV2(data[(1-cur)*headerSize : (2-cur)*headerSize]); st != slotValid {
+				t.Fatalf("slot %d of the earlier backup is not valid", 1-cur)
+			}
+			data[cur*headerSize+9] ^= 4
+			os.WriteFile(path, data, 0o600)
+			_, err := Open(context.Background(), url, lnvault.OpenOptions{Logger: quietLog()})
+			if !errors.Is(err, lnvault.ErrCorrupt) || !strings.Contains(err.Error(), "not an interrupted append") {
+				t.Fatalf("writer open: %v", err)
+			}
+		})
 	}
 }

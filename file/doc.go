@@ -40,6 +40,13 @@
 // end_offset (an append whose header did not land) are ignored by readers and
 // truncated by the next writer. A new file has both slots written.
 //
+// A format-2 writer allocates the file ahead of its records (fallocate, 1 MiB
+// at a time), so an append overwrites space inside the file instead of
+// growing it and its fdatasync has no file size to commit. That room past
+// end_offset reads as zeros: the next writer takes it as it is (only non-zero
+// bytes there are an interrupted append), Close gives it back, and Status
+// reports end_offset as the backup's size.
+//
 //	record: u32 stored_len | u32 version | u8 type | u8 codec | u16 0 |
 //	        u32 raw_len | u32 crc | stored payload
 //

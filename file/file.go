@@ -81,11 +81,14 @@ type Backend struct {
 	hdr         header // the durable head (writer) or the head read at open
 	slot        int    // format 2: the slot holding hdr
 	truncFirst  bool   // bytes past hdr.endOffset must go before the next write
+	fsize       int64  // writer: the data file's size (records + preallocated room)
+	noPrealloc  bool   // the filesystem cannot preallocate
 	broken      error  // set after a failed write: the on-disk state is unknown
 	rewinds     uint64 // counts rewinds, so Compact can tell one happened meanwhile
 	compacting  bool
 	enc         *zstd.Encoder
 	raw, buf    []byte
+	idleBuf     []byte // Idle's output, discarded
 	hbuf        [headerSize]byte
 	metaMu      sync.RWMutex
 	metaHdr     header
@@ -93,7 +96,10 @@ type Backend struct {
 	compactHook func(stage string) // tests: called at compaction stages
 }
 
-var _ lnvault.Backend = (*Backend)(nil)
+var (
+	_ lnvault.Backend = (*Backend)(nil)
+	_ lnvault.Idler   = (*Backend)(nil)
+)
 
 // Open opens (or with opts.Create creates) the backup file named by a
 // file:///abs/path URL.
@@ -446,7 +452,16 @@ func loadV2(f *os.File, s state, b []byte) (state, error) {
 			return s, fmt.Errorf("reading %s: %w", f.Name(), err)
 		}
 		r := parseRecHdr(rh[:])
-		if uint64(r.storedLen)+v2RecHdr < tail {
+		recEnd := h.endOffset + uint64(r.storedLen) + v2RecHdr
+		extra := uint64(r.storedLen)+v2RecHdr < tail
+		if extra {
+			zero, err := allZero(f, int64(recEnd), s.size)
+			if err != nil {
+				return s, fmt.Errorf("reading %s: %w", f.Name(), err)
+			}
+			extra = !zero // preallocated room is not a record
+		}
+		if extra {
 			return s, corrupt(int64(other*headerSize), h.version,
 				"header slot %d is damaged (%s) and %d bytes follow the intact header's end at %d: more than one unacknowledged record, so this is not an interrupted append; restore from another copy, or restore with --to-version %d to accept losing the later changes",
 				other, why[other], tail, h.endOffset, h.version)
@@ -487,7 +502,19 @@ func (b *Backend) openWriter() error {
 		return err
 	}
 	b.removeStaleTemps()
+	b.fsize = s.size
 	if uint64(s.size) > s.hdr.endOffset {
+		zero := false
+		if s.hdr.format == 2 {
+			if zero, err = allZero(f, int64(s.hdr.endOffset), s.size); err != nil {
+				f.Close()
+				b.f = nil
+				return fmt.Errorf("reading %s: %w", b.path, err)
+			}
+		}
+		if zero && s.damage == nil {
+			return nil // room preallocated by an earlier writer
+		}
 		if s.damage != nil {
 			// Keep the evidence until the next write replaces it.
 			b.log.Warn("backup: carrying on from the intact header; the record after it was never acknowledged or its header is damaged",
@@ -551,6 +578,7 @@ func (b *Backend) truncateTail() error {
 	if err := b.f.Truncate(int64(b.hdr.endOffset)); err != nil {
 		return fmt.Errorf("truncating %s at %d: %w", b.path, b.hdr.endOffset, err)
 	}
+	b.fsize = int64(b.hdr.endOffset)
 	if err := fdatasync(b.f); err != nil {
 		return err
 	}
@@ -659,6 +687,7 @@ func (b *Backend) Status(ctx context.Context) (lnvault.Status, error) {
 		Size:     s.size,
 	}
 	if s.hdr.format == 2 {
+		st.Size = int64(s.hdr.endOffset) // the file may hold preallocated room past it
 		st.Records = int64(s.hdr.recordCount)
 		if s.hdr.lastChange != 0 {
 			st.LastChange = time.Unix(0, s.hdr.lastChange)
@@ -686,7 +715,17 @@ func (b *Backend) Close() error {
 	b.closed = true
 	var err error
 	if b.f != nil {
-		err = b.f.Close()
+		if b.broken == nil && b.hdr.format == 2 && b.fsize > int64(b.hdr.endOffset) {
+			// Give back the preallocated room; a crash instead leaves it,
+			// and the next writer reuses it.
+			if terr := b.f.Truncate(int64(b.hdr.endOffset)); terr == nil {
+				terr = fdatasync(b.f)
+				err = terr
+			}
+		}
+		if cerr := b.f.Close(); err == nil {
+			err = cerr
+		}
 		b.f = nil
 	}
 	if b.enc != nil {

@@ -135,12 +135,15 @@ func TestRoundTrip(t *testing.T) {
 			if st.Format != fmt.Sprintf("file v%d", format) || st.Records != int64(len(reqs)) || st.Metadata != want || st.LastChange.IsZero() {
 				t.Fatalf("status %+v", st)
 			}
-			fi, _ := os.Stat(path)
-			if st.Size != fi.Size() {
-				t.Fatalf("status size %d, file %d", st.Size, fi.Size())
+			if st.Size != int64(b.hdr.endOffset) {
+				t.Fatalf("status size %d, records end at %d", st.Size, b.hdr.endOffset)
 			}
 			if err := b.Close(); err != nil {
 				t.Fatal(err)
+			}
+			// Close gives back the preallocated room.
+			if fi, _ := os.Stat(path); st.Size != fi.Size() {
+				t.Fatalf("status size %d, file %d after close", st.Size, fi.Size())
 			}
 			// Through the registry, read-only, after reopening.
 			rb, err := lnvault.Open(context.Background(), url, lnvault.OpenOptions{ReadOnly: true})

@@ -24,7 +24,7 @@ func TestRewind(t *testing.T) {
 			url, path := tempURL(t, "b.dbak")
 			b := mustOpen(t, url, lnvault.OpenOptions{Create: true, Format: format})
 			appendAll(t, b, reqs)
-			sizeBefore := fileSize(t, path)
+			sizeBefore := int64(b.hdr.endOffset)
 			last := reqs[len(reqs)-1]
 			stale := lnvault.NewTransaction(last.DataVersion+1, []string{"SELECT 'STALE-CONTENT-MARKER'"})
 			if err := b.Append(ctx, stale); err != nil {

@@ -519,6 +519,13 @@ func (w replicated) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	return st, nil
 }
 
+// Idle passes the hint on to the local backend.
+func (w replicated) Idle() {
+	if i, ok := w.r.local.(lnvault.Idler); ok {
+		i.Idle()
+	}
+}
+
 func (w replicated) Status(ctx context.Context) (lnvault.Status, error) { return w.r.local.Status(ctx) }
 
 // Close stops replication (after shipping what is pending) and closes both.

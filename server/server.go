@@ -58,8 +58,10 @@ type Config struct {
 type Server struct {
 	cfg Config
 	b   lnvault.Backend
-	log *slog.Logger
-	m   *metrics
+	// idler is b when it takes Idle hints (nil otherwise).
+	idler lnvault.Idler
+	log   *slog.Logger
+	m     *metrics
 
 	mu         sync.Mutex
 	writer     *conn // the connection allowed to modify the backup
@@ -91,6 +93,7 @@ func New(cfg Config, b lnvault.Backend) *Server {
 		listeners: map[net.Listener]struct{}{},
 		shutdown:  make(chan struct{}),
 	}
+	s.idler, _ = b.(lnvault.Idler)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(s)
 	return s
@@ -329,6 +332,11 @@ func (c *conn) serve() {
 		if err := c.handle(p, log); err != nil {
 			log.Info("closing connection", "err", err)
 			return
+		}
+		if p.Type == wire.TypeChange && rd.Buffered() == 0 && s.idler != nil {
+			// The ACK is out and the writer has sent nothing else: prepare
+			// the backend for the next change now, off its ack path.
+			s.idler.Idle()
 		}
 	}
 }

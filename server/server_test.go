@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -561,5 +562,112 @@ func TestIPv6Loopback(t *testing.T) {
 	}
 	if vs := streamVersions(t, c); len(vs) != 50 || vs[49] != changes[49].Version {
 		t.Fatalf("versions %v", vs)
+	}
+}
+
+// idleCounter counts the server's Idle hints to its backend.
+type idleCounter struct {
+	lnvault.Backend
+	n atomic.Int32
+}
+
+func (b *idleCounter) Idle() {
+	b.n.Add(1)
+	b.Backend.(lnvault.Idler).Idle()
+}
+
+// The server hints its backend after acknowledging a change, unless the
+// writer has already sent more: then only after the last one.
+func TestIdleAfterAck(t *testing.T) {
+	ctx := context.Background()
+	fb, err := lnvault.Open(ctx, "file://"+filepath.Join(t.TempDir(), "b.dbak"), lnvault.OpenOptions{Create: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	ib := &idleCounter{Backend: fb}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.New(server.Config{Logger: testLogger(t)}, ib)
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	defer func() { cancel(); <-done }()
+
+	r := dialRaw(t, ln.Addr().String())
+	for v := uint32(1); v <= 5; v++ {
+		expect(t, r.change(v, "INSERT INTO t VALUES (1)"), wire.TypeAck, v)
+	}
+	// Three changes in one write: the server finds the 7th and 8th waiting
+	// when it has answered the 6th and 7th.
+	var buf bytes.Buffer
+	pw := wire.NewWriter(&buf)
+	for v := uint32(6); v <= 8; v++ {
+		pw.WriteChange(lnvault.NewTransaction(v, []string{"INSERT INTO t VALUES (2)"}))
+	}
+	if _, err := r.c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for v := uint32(6); v <= 8; v++ {
+		expect(t, r.next(), wire.TypeAck, v)
+	}
+	// A status request is not a change: no hint.
+	if err := r.wr.WriteEmpty(wire.TypeReqMetadata); err != nil {
+		t.Fatal(err)
+	}
+	if p := r.next(); p.Type != wire.TypeMetadata || p.Meta.Version != 8 {
+		t.Fatalf("metadata answer %+v", p)
+	}
+	// The hint for a change runs before the server reads the next packet,
+	// so every hint has run once the metadata answer is in.
+	if n := ib.n.Load(); n != 6 {
+		t.Fatalf("%d Idle hints for 5 lone changes and 3 sent together, want 6", n)
+	}
+	var want []*lnvault.Change
+	for v := uint32(1); v <= 8; v++ {
+		stmt := "INSERT INTO t VALUES (1)"
+		if v >= 6 {
+			stmt = "INSERT INTO t VALUES (2)"
+		}
+		want = append(want, lnvault.NewTransaction(v, []string{stmt}))
+	}
+	checkExact(t, fb, want)
+}
+
+// Every compress= choice of the client gives a server the same changes.
+func TestClientCompression(t *testing.T) {
+	changes := corpusChanges(t)[:200]
+	raw := 0
+	for _, ch := range changes {
+		raw += len(strings.Join(ch.Statements, "\x00"))
+	}
+	wireBytes := map[string]float64{}
+	for _, c := range []string{"none", "fast", "auto"} {
+		t.Run(c, func(t *testing.T) {
+			ts := startServer(t, server.Config{})
+			b := openSocket(t, ts.url("compress="+c), lnvault.OpenOptions{})
+			for _, ch := range changes {
+				if err := b.Append(context.Background(), ch); err != nil {
+					t.Fatal(err)
+				}
+			}
+			checkExact(t, ts.b, changes)
+			mfs, err := ts.srv.Registry().Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if mf.GetName() == "lnvault_server_received_bytes_total" {
+					wireBytes[c] = mf.GetMetric()[0].GetCounter().GetValue()
+				}
+			}
+		})
+	}
+	// Stored blocks carry every byte; the fast level about half; auto on
+	// loopback stores.
+	if wireBytes["none"] < float64(raw) || wireBytes["fast"] > 0.7*float64(raw) || wireBytes["auto"] != wireBytes["none"] {
+		t.Fatalf("bytes on the wire for %d bytes of statements: %v", raw, wireBytes)
 	}
 }

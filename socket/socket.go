@@ -5,7 +5,6 @@
 package socket
 
 import (
-	"compress/zlib"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +42,8 @@ type Backend struct {
 	conn net.Conn
 	rd   *wire.Reader
 	wr   *wire.Writer
+	// wrLevel is wr's zlib level.
+	wrLevel int
 	// rewound: the last operation was a rewind (a second is refused locally).
 	rewound bool
 	// noAside: the server cannot compact beside the writer's connection.
@@ -132,12 +133,17 @@ func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 	b.conn = c
 	if b.rd == nil {
 		b.rd = wire.NewReader(c, wire.Limits{})
-		// zlib's fastest level: the payload is compressed on the ack path,
-		// and compress/flate's default level clears 640 KiB of hash tables
-		// per stream. Any zlib stream is valid on the wire.
-		b.wr, _ = wire.NewWriterLevel(c, zlib.BestSpeed)
 	} else {
 		b.rd.Reset(c)
+	}
+	// Any zlib stream is valid on the wire; the level is chosen per
+	// connection (see Config.Compress). Never compress/flate's default level:
+	// it clears 640 KiB of hash tables per stream.
+	if level := b.cfg.zlibLevel(c); b.wr == nil || b.wrLevel != level {
+		b.wr, _ = wire.NewWriterLevel(c, level)
+		b.wrLevel = level
+		b.log.Debug("wire compression", "zlib_level", level, "remote", c.RemoteAddr().String())
+	} else {
 		b.wr.Reset(c)
 	}
 	m, err := b.requestMetadataLocked(ctx)

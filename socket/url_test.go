@@ -1,6 +1,8 @@
 package socket
 
 import (
+	"compress/zlib"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,10 @@ func TestParseURL(t *testing.T) {
 		{url: "socket:h:1", addr: "h:1", check: func(c Config) bool {
 			return c.Timeout == DefaultTimeout && c.ConnectTimeout == DefaultConnectTimeout && c.Retries == DefaultRetries
 		}},
+		{url: "socket:h:1", addr: "h:1", check: func(c Config) bool { return c.Compress == CompressAuto }},
+		{url: "socket:h:1?compress=none", addr: "h:1", check: func(c Config) bool { return c.Compress == CompressNone }},
+		{url: "socket:h:1?compress=fast", addr: "h:1", check: func(c Config) bool { return c.Compress == CompressFast }},
+		{url: "socket:h:1?compress=best", err: `compress="best": use auto, none or fast`},
 		{url: "socket:127.0.0.1", err: "port missing"},
 		{url: "socket::8700", err: "host missing"},
 		{url: "socket:h:0", err: "bad port"},
@@ -84,4 +90,44 @@ func FuzzParseURL(f *testing.F) {
 			t.Fatalf("accepted %q as %+v", s, c)
 		}
 	})
+}
+
+type addrConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
+
+// compress=auto sends stored zlib blocks where bytes are cheap (a server on
+// loopback or a private network, reached directly) and compresses where
+// they are not (a public address, or through a proxy such as Tor).
+func TestZlibLevel(t *testing.T) {
+	tcp := func(ip string) net.Conn { return addrConn{remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 8700}} }
+	tests := []struct {
+		url  string
+		peer string
+		want int
+	}{
+		{"socket:h:1", "127.0.0.1", zlib.NoCompression},
+		{"socket:h:1", "::1", zlib.NoCompression},
+		{"socket:h:1", "192.168.1.20", zlib.NoCompression},
+		{"socket:h:1", "10.1.2.3", zlib.NoCompression},
+		{"socket:h:1", "fd00::5", zlib.NoCompression},
+		{"socket:h:1", "fe80::1", zlib.NoCompression},
+		{"socket:h:1", "203.0.113.7", zlib.BestSpeed},
+		{"socket:h:1", "2001:db8::1", zlib.BestSpeed},
+		{"socket:h:1?proxy=socks5:127.0.0.1:9050", "127.0.0.1", zlib.BestSpeed},
+		{"socket:h:1?compress=fast", "127.0.0.1", zlib.BestSpeed},
+		{"socket:h:1?compress=none", "203.0.113.7", zlib.NoCompression},
+	}
+	for _, tc := range tests {
+		c, err := ParseURL(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.zlibLevel(tcp(tc.peer)); got != tc.want {
+			t.Errorf("%s to %s: zlib level %d, want %d", tc.url, tc.peer, got, tc.want)
+		}
+	}
 }

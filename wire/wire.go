@@ -413,6 +413,9 @@ func NewReader(r io.Reader, lim Limits) *Reader {
 }
 
 // Reset makes the Reader read from r, keeping its buffers.
+// Buffered is how many bytes of the next packets are already read.
+func (rd *Reader) Buffered() int { return rd.br.Buffered() }
+
 func (rd *Reader) Reset(r io.Reader) {
 	rd.releaseSpool()
 	rd.br.Reset(r)
