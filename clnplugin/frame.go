@@ -80,6 +80,17 @@ func (f *framer) next() (obj, method []byte, err error) {
 		for pos := base; pos < len(f.buf); pos++ {
 			c := f.buf[pos]
 			if inStr {
+				if !esc && c != '"' && c != '\\' {
+					// Inside a string only a quote or a backslash matters:
+					// jump to the next one (most of a db_write is SQL text
+					// in strings, and IndexByte scans it vectorised).
+					n := quoteOrBackslash(f.buf[pos:])
+					if n < 0 {
+						break // the string goes on in the next chunk
+					}
+					pos += n
+					c = f.buf[pos]
+				}
 				switch {
 				case esc:
 					esc = false
@@ -142,6 +153,19 @@ func (f *framer) next() (obj, method []byte, err error) {
 			return nil, nil, err
 		}
 	}
+}
+
+// quoteOrBackslash is the index of the first '"' or '\\' in b, or -1.
+func quoteOrBackslash(b []byte) int {
+	q := bytes.IndexByte(b, '"')
+	head := b
+	if q >= 0 {
+		head = b[:q]
+	}
+	if k := bytes.IndexByte(head, '\\'); k >= 0 {
+		return k
+	}
+	return q
 }
 
 func isASCII(b []byte) bool {
