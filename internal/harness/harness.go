@@ -347,8 +347,24 @@ var logLevels = map[string]bool{"": true, "io": true, "trace": true, "debug": tr
 // lightningd would refuse.
 const BadLogLevel = "log notification with a level lightningd refuses"
 
+// timedReader notes when its last read returned data: the moment the bytes
+// of every message decoded so far had arrived.
+type timedReader struct {
+	r    io.Reader
+	last time.Time
+}
+
+func (t *timedReader) Read(b []byte) (int, error) {
+	n, err := t.r.Read(b)
+	if n > 0 {
+		t.last = time.Now()
+	}
+	return n, err
+}
+
 func (h *Harness) read(p *process, r io.Reader) {
-	dec := json.NewDecoder(r)
+	tr := &timedReader{r: r}
+	dec := json.NewDecoder(tr)
 	for {
 		var m struct {
 			ID     json.RawMessage `json:"id"`
@@ -365,7 +381,9 @@ func (h *Harness) read(p *process, r io.Reader) {
 			}
 			return
 		}
-		now := time.Now()
+		// An answer's latency ends when its bytes arrived, as lightningd
+		// has it then; decoding it here is the harness's own cost.
+		now := tr.last
 		if m.Method != "" {
 			if m.Method == "log" {
 				var l Log
