@@ -54,8 +54,8 @@ type Config struct {
 type Compression string
 
 // Compression choices. Compressing a change costs ~40 µs of CPU on the ack
-// path (compress/flate's fastest level, and as much again for the server to
-// inflate it) to save ~60% of its bytes: worth it where bytes are slow (the
+// path (compress/flate's fastest level, and ~20 µs more for the server to
+// inflate it) to save ~40% of its bytes: worth it where bytes are slow (the
 // internet, Tor), not on a LAN or loopback, where sending them costs a few µs.
 const (
 	CompressAuto Compression = "auto"
