@@ -281,7 +281,11 @@ func openAll(ctx context.Context, urls []string, log *slog.Logger) ([]*Destinati
 			b, err := lnvault.Open(ctx, u, lnvault.OpenOptions{Logger: log.With("destination", u)})
 			if err != nil {
 				if errors.Is(err, lnvault.ErrNotFound) {
-					err = fmt.Errorf("%w: create it with `lnvault init %s --lightning-dir <dir>`", err, u)
+					// The backend's own advice (plain `lnvault init`) would
+					// start the backup empty: here it must hold the node's
+					// database.
+					errs[i] = fmt.Errorf("opening backup destination %s: %w there; with lightningd stopped, create it from the node's database: `lnvault init %s --lightning-dir <dir>`", u, lnvault.ErrNotFound, u)
+					return
 				}
 				errs[i] = fmt.Errorf("opening backup destination %s: %w", u, err)
 				return

@@ -360,7 +360,7 @@ func TestLockFileProblemsStopThePlugin(t *testing.T) {
 		{"missing", "", "lnvault init file:///path/to/backup.dbak --lightning-dir"},
 		{"corrupt", `{"backend_url": `, "lnvault init file:///path/to/backup.dbak --lightning-dir"},
 		{"no destination", `{"something": 1}`, "names no destination"},
-		{"backup missing", `{"backend_url": "file:///nonexistent/dir/backup.dbak"}`, "opening backup destination file:///nonexistent/dir/backup.dbak"},
+		{"backup missing", `{"backend_url": "file:///nonexistent/dir/backup.dbak"}`, "opening backup destination file:///nonexistent/dir/backup.dbak: no backup found there; with lightningd stopped, create it from the node's database: `lnvault init file:///nonexistent/dir/backup.dbak --lightning-dir <dir>`"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNode(t)
