@@ -114,7 +114,7 @@ func (c *extConn) netErr(ctx context.Context, what string, err error) error {
 	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
 		return &protocolError{fmt.Sprintf("backup server %s answered %s with a bad packet: %v", c.cfg.Addr(), what, err)}
 	}
-	return (&Backend{cfg: c.cfg}).netErr(ctx, what, "waiting for the answer to", c.ic.timeout, err)
+	return (&Backend{cfg: c.cfg}).netErr(ctx, op{name: what}, "waiting for the answer to", c.ic.timeout, err)
 }
 
 // request sends one packet and reads the first answer; EXT_ERROR becomes an
@@ -123,7 +123,7 @@ func (c *extConn) request(ctx context.Context, what string, send func(w *wire.Wr
 	c.nc.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
 	if err := send(c.wr); err != nil {
 		if isNetErr(err) {
-			return wire.Packet{}, (&Backend{cfg: c.cfg}).netErr(ctx, what, "sending", c.cfg.Timeout, err)
+			return wire.Packet{}, (&Backend{cfg: c.cfg}).netErr(ctx, op{name: what}, "sending", c.cfg.Timeout, err)
 		}
 		return wire.Packet{}, err
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -163,7 +164,7 @@ func (b *Backend) dropLocked() {
 }
 
 func (b *Backend) requestMetadataLocked(ctx context.Context) (lnvault.Metadata, error) {
-	p, err := b.roundTrip(ctx, b.cfg.Timeout, "REQ_METADATA", func() error { return b.wr.WriteEmpty(wire.TypeReqMetadata) })
+	p, err := b.roundTrip(ctx, b.cfg.Timeout, op{name: "REQ_METADATA"}, func() error { return b.wr.WriteEmpty(wire.TypeReqMetadata) })
 	if err != nil {
 		return lnvault.Metadata{}, err
 	}
@@ -184,7 +185,7 @@ func (e *protocolError) Error() string { return e.msg }
 
 // roundTrip sends one packet and reads the answer, both bounded by timeout
 // and ctx. Network errors are returned as *netError (retryable).
-func (b *Backend) roundTrip(ctx context.Context, timeout time.Duration, what string, send func() error) (wire.Packet, error) {
+func (b *Backend) roundTrip(ctx context.Context, timeout time.Duration, what op, send func() error) (wire.Packet, error) {
 	c := b.conn
 	if ctx.Done() != nil {
 		// Unblock the read/write if ctx ends first.
@@ -220,7 +221,7 @@ type netError struct{ err error }
 func (e *netError) Error() string { return e.err.Error() }
 func (e *netError) Unwrap() error { return e.err }
 
-func (b *Backend) netErr(ctx context.Context, what, doing string, timeout time.Duration, err error) error {
+func (b *Backend) netErr(ctx context.Context, what op, doing string, timeout time.Duration, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s %s on backup server %s: %w", doing, what, b.cfg.Addr(), ctx.Err())
 	}
@@ -245,7 +246,7 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	base := b.Metadata()
-	what := fmt.Sprintf("change version %d", c.Version)
+	what := op{name: "change version", version: c.Version, hasVersion: true}
 	err := b.withRetry(ctx, what, base, func(m lnvault.Metadata) bool {
 		return m.Version == c.Version && m.VersionCount == base.VersionCount+1
 	}, func() error {
@@ -263,7 +264,22 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	return nil
 }
 
-func (b *Backend) expectAck(p wire.Packet, what string, version uint32) error {
+// op names a request in errors and logs. It is formatted only when one is
+// written, so the ack path formats nothing.
+type op struct {
+	name       string
+	version    uint32
+	hasVersion bool
+}
+
+func (o op) String() string {
+	if !o.hasVersion {
+		return o.name
+	}
+	return o.name + " " + strconv.FormatUint(uint64(o.version), 10)
+}
+
+func (b *Backend) expectAck(p wire.Packet, what op, version uint32) error {
 	switch {
 	case p.Type == wire.TypeAck && p.Version == version:
 		return nil
@@ -280,7 +296,7 @@ func (b *Backend) expectAck(p wire.Packet, what string, version uint32) error {
 // withRetry runs op on the connection, reconnecting on network errors. After
 // a reconnection, stored tells from the server's metadata whether op already
 // took effect; otherwise the metadata must still be base for op to be redone.
-func (b *Backend) withRetry(ctx context.Context, what string, base lnvault.Metadata, stored func(lnvault.Metadata) bool, op func() error) error {
+func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata, stored func(lnvault.Metadata) bool, op func() error) error {
 	delay := b.cfg.RetryDelay
 	var lastErr error
 	for attempt := 0; ; attempt++ {
@@ -295,7 +311,7 @@ func (b *Backend) withRetry(ctx context.Context, what string, base lnvault.Metad
 				}
 				switch {
 				case attempt > 0 && stored(m):
-					b.log.Info("after reconnecting, the server already holds "+what, "version", m.Version, "version_count", m.VersionCount)
+					b.log.Info("after reconnecting, the server already holds "+what.String(), "version", m.Version, "version_count", m.VersionCount)
 					return errAlreadyStored
 				case m != base:
 					b.dropLocked()
@@ -358,7 +374,7 @@ func (b *Backend) Rewind(ctx context.Context) error {
 	if base.VersionCount == 0 {
 		return errors.New("cannot rewind: the backup is empty")
 	}
-	what := fmt.Sprintf("rewind to version %d", base.PrevVersion)
+	what := op{name: "rewind to version", version: base.PrevVersion, hasVersion: true}
 	err := b.withRetry(ctx, what, base, func(m lnvault.Metadata) bool {
 		return m.Version == base.PrevVersion && m != base
 	}, func() error {
@@ -435,7 +451,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		}
 		b.setMeta(m)
 	}
-	p, err := b.roundTrip(ctx, b.cfg.CompactTimeout, "COMPACT", func() error { return b.wr.WriteEmpty(wire.TypeCompact) })
+	p, err := b.roundTrip(ctx, b.cfg.CompactTimeout, op{name: "COMPACT"}, func() error { return b.wr.WriteEmpty(wire.TypeCompact) })
 	if err != nil {
 		b.dropLocked()
 		return lnvault.CompactStats{}, err
@@ -514,18 +530,18 @@ func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Chan
 	wr := wire.NewWriter(conn)
 	conn.SetWriteDeadline(time.Now().Add(b.cfg.Timeout))
 	if err := wr.WriteEmpty(wire.TypeReqMetadata); err != nil {
-		return b.netErr(ctx, "REQ_METADATA", "sending", b.cfg.Timeout, err)
+		return b.netErr(ctx, op{name: "REQ_METADATA"}, "sending", b.cfg.Timeout, err)
 	}
 	p, err := rd.Next()
 	if err != nil {
-		return b.netErr(ctx, "REQ_METADATA", "waiting for the answer to", b.cfg.Timeout, err)
+		return b.netErr(ctx, op{name: "REQ_METADATA"}, "waiting for the answer to", b.cfg.Timeout, err)
 	}
 	if p.Type != wire.TypeMetadata {
 		return &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
 	}
 	head := p.Meta
 	if err := wr.WriteEmpty(wire.TypeRestore); err != nil {
-		return b.netErr(ctx, "RESTORE", "sending", b.cfg.Timeout, err)
+		return b.netErr(ctx, op{name: "RESTORE"}, "sending", b.cfg.Timeout, err)
 	}
 	started := from == 0
 	var last uint32
@@ -536,7 +552,7 @@ func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Chan
 			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
 				return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, err)
 			}
-			return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, b.netErr(ctx, "RESTORE", "reading the answer to", b.cfg.Timeout, err))
+			return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, b.netErr(ctx, op{name: "RESTORE"}, "reading the answer to", b.cfg.Timeout, err))
 		}
 		switch p.Type {
 		case wire.TypeChange, wire.TypeSnapshot:
