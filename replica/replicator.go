@@ -72,6 +72,10 @@ type Replicator struct {
 	errCount     uint64
 	lastUpload   time.Time
 	appends      uint64 // local appends and rewinds, to see if a resync raced one
+	// shipped is the snapshot change this replicator uploaded last, while
+	// it is the replica's head and no local rewind happened since: a
+	// snapshot head has no statements to be recognised by in the local log.
+	shipped *shippedSnapshot
 
 	kick    chan struct{}
 	flushed *sync.Cond // signalled after each step
@@ -80,6 +84,11 @@ type Replicator struct {
 	cancel  context.CancelFunc
 	ctx     context.Context
 	closeMu sync.Once
+}
+
+type shippedSnapshot struct {
+	version uint32
+	md      lnvault.Metadata // the replica's metadata right after it
 }
 
 // NewReplicator starts replicating local to rb. Use Backend() as the
@@ -256,6 +265,15 @@ func cloneTransaction(c *lnvault.Change) *lnvault.Change {
 	return &lnvault.Change{Version: c.Version, Kind: c.Kind, Statements: slices.Clone(c.Statements)}
 }
 
+// isShipped tells whether c, met in the local log where the replica's head
+// should be, is the snapshot change this replicator shipped as that head.
+func (r *Replicator) isShipped(c *lnvault.Change, rmd lnvault.Metadata, rhead *lnvault.Change) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.shipped
+	return s != nil && rhead == nil && c.Kind == lnvault.KindSnapshot && c.Version == s.version && rmd == s.md
+}
+
 func sameChange(a, b *lnvault.Change) bool {
 	return a != nil && b != nil && a.Kind == lnvault.KindTransaction && b.Kind == a.Kind && a.Version == b.Version && slices.Equal(a.Statements, b.Statements)
 }
@@ -326,7 +344,7 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 				return lnvault.ErrStop // went past the replica's head: diverged
 			}
 			prevOK := prev == nil && (rmd.PrevVersion == 0 || rmd.PrevVersion != rmd.Version) || prev != nil && prev.Version == rmd.PrevVersion
-			if prevOK && sameChange(c, rhead) {
+			if prevOK && (sameChange(c, rhead) || r.isShipped(c, rmd, rhead)) {
 				matched = true
 			}
 			return nil
@@ -337,7 +355,14 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 			if err := flush(); err != nil {
 				return err
 			}
-			return r.upload(ctx, []*lnvault.Change{c})
+			if err := r.upload(ctx, []*lnvault.Change{c}); err != nil {
+				return err
+			}
+			md := r.rb.Metadata()
+			r.mu.Lock()
+			r.shipped = &shippedSnapshot{version: c.Version, md: md}
+			r.mu.Unlock()
+			return nil
 		}
 		cc := cloneTransaction(c)
 		batch = append(batch, cc)
@@ -488,6 +513,7 @@ func (w replicated) Rewind(ctx context.Context) error {
 		return err
 	}
 	r.appends++
+	r.shipped = nil // a snapshot of the same version could now be another one
 	if n := len(r.queue); n > 0 && !r.needResync {
 		r.queueBytes -= changeSize(r.queue[n-1])
 		r.queue = r.queue[:n-1]

@@ -395,3 +395,48 @@ func TestReplicatorShipsSnapshotChange(t *testing.T) {
 		t.Fatalf("replica streams %v", vs)
 	}
 }
+
+// A replica whose head is a snapshot change the replicator shipped is found
+// again in the local log by the next resync (here forced by a queue limit of
+// one byte): the changes after it go into the same generation, and no new
+// generation is rebuilt from the local log.
+func TestResyncAfterShippedSnapshot(t *testing.T) {
+	ctx := context.Background()
+	local, err := lnvault.Open(ctx, "file://"+filepath.Join(t.TempDir(), "node.dbak"), lnvault.OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := openReplica(t, "dir://"+t.TempDir(), lnvault.OpenOptions{Create: true})
+	r := replica.NewReplicator(local, rb, replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond, MaxPendingBytes: 1})
+	defer r.Backend().Close()
+	path, sum := randomFile(t, 256<<10)
+	w := r.Backend()
+	steps := []*lnvault.Change{
+		lnvault.NewTransaction(4, []string{"UPDATE vars SET intval = 4"}),
+		lnvault.NewSnapshot(5, sectionOf(t, path)),
+		lnvault.NewTransaction(6, []string{"UPDATE vars SET intval = 6"}),
+		lnvault.NewTransaction(7, []string{"UPDATE vars SET intval = 7"}),
+	}
+	for _, c := range steps {
+		if err := w.Append(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := r.Flush(fctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("flush after version %d: %v", c.Version, err)
+		}
+	}
+	inv, err := rb.Client().Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Generations) != 1 {
+		t.Fatalf("%d generations, want 1: the resync did not recognise the snapshot it shipped", len(inv.Generations))
+	}
+	vs, snaps := streamed(t, rb)
+	if fmt.Sprint(vs) != "[5 6 7]" || snaps[5] != sum {
+		t.Fatalf("replica streams %v", vs)
+	}
+}
