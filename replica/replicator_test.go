@@ -36,6 +36,17 @@ func openReplica(t *testing.T, u string, o lnvault.OpenOptions) *replica.Backend
 	return b.(*replica.Backend)
 }
 
+// flush waits for the replicator to drain, failing the test instead of
+// hanging it when that does not happen.
+func flush(t *testing.T, r *replica.Replicator) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatalf("flushing the replicator: %v (status %+v)", err, r.Status())
+	}
+}
+
 func restoreHash(t *testing.T, b lnvault.Backend) string {
 	t.Helper()
 	dest := filepath.Join(t.TempDir(), "db")
@@ -87,9 +98,7 @@ func TestServerReplicateCorpus(t *testing.T) {
 			if err := cl.Append(ctx, bogus); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.Flush(ctx); err != nil {
-				t.Fatal(err)
-			}
+			flush(t, r)
 			if rb.Metadata().VersionCount != uint64(i+2) {
 				t.Fatalf("bogus change not shipped: %+v", rb.Metadata())
 			}
@@ -101,9 +110,7 @@ func TestServerReplicateCorpus(t *testing.T) {
 	if err := cl.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flush(t, r)
 	st := r.Status()
 	if st.ReplicaVersion != local.Metadata().Version || st.PendingChanges != 0 || st.Lag != 0 || st.LastError != "" {
 		t.Fatalf("status after the lag drained: %+v (local %+v)", st, local.Metadata())
@@ -240,9 +247,7 @@ func TestReplicatorKill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flush(t, r)
 	if rmd, lmd := rb.Metadata(), local.Metadata(); rmd.Version != lmd.Version || rmd.PrevVersion != lmd.PrevVersion {
 		t.Fatalf("replica %+v, local %+v", rmd, lmd)
 	}
@@ -292,9 +297,7 @@ func TestReplicatorsOfChain(t *testing.T) {
 	}
 	want := reqs[len(reqs)-1].DataVersion
 	for _, r := range rs {
-		if err := r.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
+		flush(t, r)
 		st := r.Status()
 		if st.ReplicaVersion != want || st.ReplicaCount != uint64(len(reqs)) || st.LocalVersion != want || st.Lag != 0 || st.UploadErrors != 0 || st.LastUpload.IsZero() {
 			t.Fatalf("status of %s: %+v", st.URL, st)

@@ -365,18 +365,14 @@ func TestReplicatorShipsSnapshotChange(t *testing.T) {
 	if err := w.Append(ctx, lnvault.NewTransaction(4, []string{"UPDATE vars SET intval = 4"})); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flush(t, r)
 	if err := w.Append(ctx, lnvault.NewSnapshot(5, sectionOf(t, path))); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Append(ctx, lnvault.NewTransaction(6, []string{"UPDATE vars SET intval = 6"})); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flush(t, r)
 	inv, err := rb.Client().Inventory(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -421,12 +417,7 @@ func TestResyncAfterShippedSnapshot(t *testing.T) {
 		if err := w.Append(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		err := r.Flush(fctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("flush after version %d: %v", c.Version, err)
-		}
+		flush(t, r)
 	}
 	inv, err := rb.Client().Inventory(ctx)
 	if err != nil {
