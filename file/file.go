@@ -718,9 +718,8 @@ func (b *Backend) Close() error {
 		if b.broken == nil && b.hdr.format == 2 && b.fsize > int64(b.hdr.endOffset) {
 			// Give back the preallocated room; a crash instead leaves it,
 			// and the next writer reuses it.
-			if terr := b.f.Truncate(int64(b.hdr.endOffset)); terr == nil {
-				terr = fdatasync(b.f)
-				err = terr
+			if b.f.Truncate(int64(b.hdr.endOffset)) == nil {
+				err = fdatasync(b.f)
 			}
 		}
 		if cerr := b.f.Close(); err == nil {
