@@ -140,7 +140,7 @@ func ParseURL(raw string) (Config, error) {
 	return cfg, nil
 }
 
-// zlibLevel is the level for changes sent over c.
+// zlibLevel is the level for changes sent over conn.
 func (c Config) zlibLevel(conn net.Conn) int {
 	switch c.Compress {
 	case CompressNone:
