@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -210,4 +211,25 @@ func BenchmarkCompactUnderLoad(b *testing.B) {
 	b.ReportMetric(float64(st.N), "writes")
 	b.ReportMetric(float64(compactions), "compactions")
 	b.ReportMetric(ms(compactTime)/float64(compactions), "compact-ms")
+}
+
+// The replay is cut into slices for the interleaved baseline without moving
+// init: every early request is in the first slice, and nothing is lost or
+// sent twice.
+func TestReplaySlices(t *testing.T) {
+	for _, tc := range []struct {
+		n, early, size int
+		want           string
+	}{
+		{250, 1, 100, "[[0 100] [100 200] [200 250]]"},
+		{250, 150, 100, "[[0 150] [150 250]]"},
+		{250, 300, 100, "[[0 250]]"},
+		{100, 1, 100, "[[0 100]]"},
+		{0, 1, 100, "[]"},
+		{5, 1, 100, "[[0 5]]"},
+	} {
+		if got := fmt.Sprint(replaySlices(tc.n, tc.early, tc.size)); got != tc.want {
+			t.Errorf("replaySlices(%d, %d, %d) = %s, want %s", tc.n, tc.early, tc.size, got, tc.want)
+		}
+	}
 }

@@ -40,7 +40,7 @@ func TestRunSocketHasRoundTripBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Ack.N != 51 || res.Raw == nil || res.RawLabel != "round trip" || res.Raw.N != 51 || res.Raw.P50 <= 0 || res.P50Ratio <= 0 {
+	if res.Ack.N != 51 || res.Raw == nil || res.RawLabel != "round trip" || res.Raw.N != roundTripsPerSlice || res.Raw.P50 <= 0 || res.P50Ratio <= 0 {
 		t.Fatalf("result: %+v", res)
 	}
 	var out bytes.Buffer

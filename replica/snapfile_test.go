@@ -349,17 +349,25 @@ func TestAppendSnapshotChange(t *testing.T) {
 	}
 }
 
-// The replicator ships a snapshot change as a snapshot object, streamed from
-// the local backend, not queued in memory.
-func TestReplicatorShipsSnapshotChange(t *testing.T) {
-	ctx := context.Background()
-	local, err := lnvault.Open(ctx, "file://"+filepath.Join(t.TempDir(), "node.dbak"), lnvault.OpenOptions{Create: true})
+// newDirReplicator replicates a new local file backup to a new directory
+// replica; both are closed when the test ends.
+func newDirReplicator(t *testing.T, o replica.ReplicatorOptions) (*replica.Replicator, *replica.Backend) {
+	t.Helper()
+	local, err := lnvault.Open(context.Background(), "file://"+filepath.Join(t.TempDir(), "node.dbak"), lnvault.OpenOptions{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rb := openReplica(t, "dir://"+t.TempDir(), lnvault.OpenOptions{Create: true})
-	r := replica.NewReplicator(local, rb, replica.ReplicatorOptions{FlushInterval: 50 * time.Millisecond})
-	defer r.Backend().Close()
+	r := replica.NewReplicator(local, rb, o)
+	t.Cleanup(func() { r.Backend().Close() })
+	return r, rb
+}
+
+// The replicator ships a snapshot change as a snapshot object, streamed from
+// the local backend, not queued in memory.
+func TestReplicatorShipsSnapshotChange(t *testing.T) {
+	ctx := context.Background()
+	r, rb := newDirReplicator(t, replica.ReplicatorOptions{FlushInterval: 50 * time.Millisecond})
 	path, sum := randomFile(t, 2<<20)
 	w := r.Backend()
 	if err := w.Append(ctx, lnvault.NewTransaction(4, []string{"UPDATE vars SET intval = 4"})); err != nil {
@@ -398,13 +406,7 @@ func TestReplicatorShipsSnapshotChange(t *testing.T) {
 // generation is rebuilt from the local log.
 func TestResyncAfterShippedSnapshot(t *testing.T) {
 	ctx := context.Background()
-	local, err := lnvault.Open(ctx, "file://"+filepath.Join(t.TempDir(), "node.dbak"), lnvault.OpenOptions{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb := openReplica(t, "dir://"+t.TempDir(), lnvault.OpenOptions{Create: true})
-	r := replica.NewReplicator(local, rb, replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond, MaxPendingBytes: 1})
-	defer r.Backend().Close()
+	r, rb := newDirReplicator(t, replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond, MaxPendingBytes: 1})
 	path, sum := randomFile(t, 256<<10)
 	w := r.Backend()
 	steps := []*lnvault.Change{

@@ -293,10 +293,10 @@ func (b *Backend) expectAck(p wire.Packet, what op, version uint32) error {
 	return &protocolError{fmt.Sprintf("backup server %s answered %s with %v", b.cfg.Addr(), what, p.Type)}
 }
 
-// withRetry runs op on the connection, reconnecting on network errors. After
-// a reconnection, stored tells from the server's metadata whether op already
-// took effect; otherwise the metadata must still be base for op to be redone.
-func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata, stored func(lnvault.Metadata) bool, op func() error) error {
+// withRetry runs do on the connection, reconnecting on network errors. After
+// a reconnection, stored tells from the server's metadata whether do already
+// took effect; otherwise the metadata must still be base for do to be redone.
+func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata, stored func(lnvault.Metadata) bool, do func() error) error {
 	delay := b.cfg.RetryDelay
 	var lastErr error
 	for attempt := 0; ; attempt++ {
@@ -319,7 +319,7 @@ func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata,
 						b.cfg.Addr(), m.Version, m.PrevVersion, m.VersionCount, base.Version, base.VersionCount, what)
 				}
 			}
-			return op()
+			return do()
 		}()
 		if err == nil || err == errAlreadyStored {
 			return nil
