@@ -8,13 +8,16 @@ import (
 )
 
 type metrics struct {
-	reg              *prometheus.Registry
-	received         *prometheus.CounterVec
-	bytes            prometheus.Counter
-	ackLatency       prometheus.Histogram
-	connections      prometheus.Gauge
-	connectionsTotal prometheus.Counter
-	refusals         *prometheus.CounterVec
+	reg      *prometheus.Registry
+	received *prometheus.CounterVec
+	// The two series of received, resolved once: no label lookup on the
+	// ack path, and both are exported from the start.
+	receivedChange, receivedSnapshot prometheus.Counter
+	bytes                            prometheus.Counter
+	ackLatency                       prometheus.Histogram
+	connections                      prometheus.Gauge
+	connectionsTotal                 prometheus.Counter
+	refusals                         *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -40,6 +43,8 @@ func newMetrics(s *Server) *metrics {
 			Name: "lnvault_server_refusals_total", Help: "Requests refused with a NACK, or connections closed for a bad packet, by reason.",
 		}, []string{"reason"}),
 	}
+	m.receivedChange = m.received.WithLabelValues("change")
+	m.receivedSnapshot = m.received.WithLabelValues("snapshot")
 	version := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "lnvault_server_backup_version", Help: "The backup's head version.",
 	}, func() float64 { return float64(s.b.Metadata().Version) })

@@ -377,8 +377,10 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		kind := "change"
 		if p.Type == wire.TypeSnapshot {
 			kind = "snapshot"
+			s.m.receivedSnapshot.Inc()
+		} else {
+			s.m.receivedChange.Inc()
 		}
-		s.m.received.WithLabelValues(kind).Inc()
 		s.m.bytes.Add(float64(p.Len) + wire.HeaderLen)
 		if !s.claimWriter(c) {
 			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup")
@@ -394,7 +396,9 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 			return err
 		}
 		s.m.ackLatency.Observe(time.Since(start).Seconds())
-		log.Debug("stored", "kind", kind, "version", p.Version)
+		if log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would be allocated for nothing
+			log.Debug("stored", "kind", kind, "version", p.Version)
+		}
 	case wire.TypeRewind:
 		if !s.claimWriter(c) {
 			return c.nack("second_writer", log, "rewind_to", p.Version)
