@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -288,4 +290,62 @@ func TestSOCKS5(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "SOCKS5 proxy") {
 		t.Fatalf("dead proxy: %v", err)
 	}
+}
+
+// The real server is SIGKILLed many times, each after a random stretch of
+// appends (LNVAULT_LONG=1: 100 kills): through every restart the client
+// reconnects and tells stored from unstored changes, so the backup ends
+// holding the whole replay exactly once, in order.
+func TestServerKilledAtRandom(t *testing.T) {
+	kills := 12
+	if os.Getenv("LNVAULT_LONG") == "1" {
+		kills = 100
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+
+	fileURL := "file://" + filepath.Join(t.TempDir(), "backup.dbak")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cur := startProc(t, "server", "--create", fileURL, addr)
+	waitListening(t, addr, cur)
+	ctx := context.Background()
+	c := openSocket(t, "socket:"+addr+"?retries=60&retry_delay=20ms&timeout=10s", lnvault.OpenOptions{})
+	changes := corpusChanges(t)
+	var appended atomic.Int64
+	errc := make(chan error, 1)
+	go func() {
+		for _, ch := range changes {
+			if err := c.Append(ctx, ch); err != nil {
+				errc <- fmt.Errorf("append %d: %w", ch.Version, err)
+				return
+			}
+			appended.Add(1)
+		}
+		errc <- nil
+	}()
+	done := 0
+	for ; done < kills && appended.Load() < int64(len(changes)); done++ {
+		// Let the client get going again, then kill at a random moment
+		// within the next few dozen appends.
+		at := appended.Load() + 1
+		for appended.Load() < at && len(errc) == 0 {
+			time.Sleep(200 * time.Microsecond)
+		}
+		time.Sleep(time.Duration(rng.IntN(20_000)) * time.Microsecond)
+		cur.cmd.Process.Signal(syscall.SIGKILL)
+		cur.cmd.Wait()
+		cur = startProc(t, "server", fileURL, addr)
+		waitListening(t, addr, cur)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("after %d kills: %v\nstderr:\n%s", done, err, cur.stderr.String())
+	}
+	if done < kills/2 {
+		t.Fatalf("only %d of %d kills happened before the replay ended", done, kills)
+	}
+	t.Logf("%d kills during %d appends", done, len(changes))
+	cur.cmd.Process.Signal(syscall.SIGTERM)
+	cur.cmd.Wait()
+	checkExact(t, openFileRO(t, fileURL), changes)
 }
