@@ -108,17 +108,31 @@ func startRefEchoProc(b *testing.B, dir string) net.Conn {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
 	addr, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
 		b.Fatalf("reference echo did not start: %v", err)
 	}
-	return dialRef(b, strings.TrimSpace(addr))
+	c := dialRef(b, strings.TrimSpace(addr))
+	b.Cleanup(func() {
+		// Closing the connection ends the echo; a failure it met shows as
+		// its exit status.
+		c.Close()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case err := <-exited:
+			if err != nil {
+				b.Errorf("reference echo: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			b.Error("reference echo did not exit after its connection closed")
+		}
+	})
+	return c
 }
 
 // startRefEcho runs the reference echo in this process.
