@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,6 +111,25 @@ func corpusChanges(t testing.TB) []*lnvault.Change {
 		t.Fatal(err)
 	}
 	return cs
+}
+
+// appendInBackground appends changes in order from a goroutine. The
+// counter says how many were acknowledged so far; the channel gets nil after
+// the last, or the first error.
+func appendInBackground(c lnvault.Backend, changes []*lnvault.Change) (*atomic.Int64, <-chan error) {
+	var appended atomic.Int64
+	errc := make(chan error, 1)
+	go func() {
+		for _, ch := range changes {
+			if err := c.Append(context.Background(), ch); err != nil {
+				errc <- fmt.Errorf("append %d: %w", ch.Version, err)
+				return
+			}
+			appended.Add(1)
+		}
+		errc <- nil
+	}()
+	return &appended, errc
 }
 
 // restoreHash streams b into a new SQLite file and returns the dump hash and

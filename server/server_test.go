@@ -346,7 +346,6 @@ func rawPacket(typ byte, payload []byte) []byte {
 // connections are closed, and memory stays bounded.
 func TestHostileClients(t *testing.T) {
 	ts := startServer(t, server.Config{Limits: wire.Limits{MaxPacket: 8 << 20, MaxChange: 4 << 20, MaxSnapshot: 16 << 20, TempDir: t.TempDir()}})
-	ctx := context.Background()
 	c := openSocket(t, ts.url(""), lnvault.OpenOptions{})
 	changes := corpusChanges(t)[:600]
 
@@ -374,16 +373,7 @@ func TestHostileClients(t *testing.T) {
 		}
 	}()
 
-	writerErr := make(chan error, 1)
-	go func() {
-		for _, ch := range changes {
-			if err := c.Append(ctx, ch); err != nil {
-				writerErr <- fmt.Errorf("append %d: %w", ch.Version, err)
-				return
-			}
-		}
-		writerErr <- nil
-	}()
+	_, writerErr := appendInBackground(c, changes)
 
 	ver := []byte{0, 0, 0, 1}
 	attacks := []struct {
