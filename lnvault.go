@@ -194,17 +194,23 @@ func (e *CorruptError) Error() string {
 
 func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 
-// CheckNext tells whether a change of version next may follow a head at
-// version head. The next version, or a repeat of the head (migrations send
+// CheckNext tells whether a change of version next and kind may follow a head
+// at version head. The next version, or a repeat of the head (migrations send
 // their PRAGMA foreign_keys payload with the previous data_version), is
 // allowed; the first change of an empty backup (head 0) may carry any version
-// because init can snapshot a database at any data_version.
-func CheckNext(head Metadata, next uint32) error {
+// because init can snapshot a database at any data_version; and a snapshot may
+// jump ahead of the head: it is the whole database at its version, so it needs
+// nothing before it (the plugin heals a gap of commits that escaped the hook
+// that way).
+func CheckNext(head Metadata, next uint32, kind Kind) error {
 	if head.Version == 0 && head.VersionCount == 0 {
 		return nil
 	}
 	if next == head.Version+1 || next == head.Version {
 		return nil
 	}
-	return fmt.Errorf("%w: head is %d, got %d", ErrVersion, head.Version, next)
+	if kind == KindSnapshot && next > head.Version {
+		return nil
+	}
+	return fmt.Errorf("%w: head is %d, got %s %d", ErrVersion, head.Version, kind, next)
 }

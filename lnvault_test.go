@@ -14,19 +14,23 @@ func TestCheckNext(t *testing.T) {
 		name string
 		head lnvault.Metadata
 		next uint32
+		kind lnvault.Kind
 		ok   bool
 	}{
-		{"empty backup takes any version", lnvault.Metadata{}, 4711, true},
-		{"next version", lnvault.Metadata{Version: 5, PrevVersion: 4, VersionCount: 5}, 6, true},
-		{"migration repeat", lnvault.Metadata{Version: 1, VersionCount: 1}, 1, true},
-		{"skip", lnvault.Metadata{Version: 5, VersionCount: 5}, 7, false},
-		{"backwards", lnvault.Metadata{Version: 5, VersionCount: 5}, 4, false},
-		{"rewound to zero but not empty", lnvault.Metadata{Version: 0, VersionCount: 1}, 3, false},
+		{"empty backup takes any version", lnvault.Metadata{}, 4711, lnvault.KindTransaction, true},
+		{"next version", lnvault.Metadata{Version: 5, PrevVersion: 4, VersionCount: 5}, 6, lnvault.KindTransaction, true},
+		{"migration repeat", lnvault.Metadata{Version: 1, VersionCount: 1}, 1, lnvault.KindTransaction, true},
+		{"skip", lnvault.Metadata{Version: 5, VersionCount: 5}, 7, lnvault.KindTransaction, false},
+		{"backwards", lnvault.Metadata{Version: 5, VersionCount: 5}, 4, lnvault.KindTransaction, false},
+		{"rewound to zero but not empty", lnvault.Metadata{Version: 0, VersionCount: 1}, 3, lnvault.KindTransaction, false},
+		{"snapshot jumps ahead (a healed gap)", lnvault.Metadata{Version: 5, VersionCount: 5}, 90, lnvault.KindSnapshot, true},
+		{"snapshot at the next version", lnvault.Metadata{Version: 5, VersionCount: 5}, 6, lnvault.KindSnapshot, true},
+		{"snapshot behind the head", lnvault.Metadata{Version: 5, VersionCount: 5}, 4, lnvault.KindSnapshot, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := lnvault.CheckNext(tc.head, tc.next)
+			err := lnvault.CheckNext(tc.head, tc.next, tc.kind)
 			if (err == nil) != tc.ok {
-				t.Fatalf("CheckNext(%+v, %d) = %v, want ok=%v", tc.head, tc.next, err, tc.ok)
+				t.Fatalf("CheckNext(%+v, %s %d) = %v, want ok=%v", tc.head, tc.kind, tc.next, err, tc.ok)
 			}
 			if err != nil && !errors.Is(err, lnvault.ErrVersion) {
 				t.Fatalf("error %v does not wrap ErrVersion", err)

@@ -32,7 +32,7 @@ func (m *memBackend) Append(ctx context.Context, c *lnvault.Change) error {
 	if err := m.failNext; err != nil {
 		return err
 	}
-	if err := lnvault.CheckNext(m.meta, c.Version); err != nil {
+	if err := lnvault.CheckNext(m.meta, c.Version, c.Kind); err != nil {
 		return err
 	}
 	m.changes = append(m.changes, c)

@@ -20,8 +20,11 @@ const (
 )
 
 func (a Action) String() string {
-	if a == RewindAppend {
+	switch a {
+	case RewindAppend:
 		return "rewind+append"
+	case Heal:
+		return "heal+append"
 	}
 	return "append"
 }
@@ -61,10 +64,7 @@ func FirstWrite(m lnvault.Metadata, d uint32, writes []string) (Action, error) {
 	if m.Version == 0 && m.VersionCount == 0 {
 		return Append, nil
 	}
-	n := int64(d) - 1
-	if IsPragmaOnly(writes) {
-		n = int64(d)
-	}
+	n := committedVersion(d, writes)
 	b, p := int64(m.Version), int64(m.PrevVersion)
 	switch {
 	case b == n:

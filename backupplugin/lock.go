@@ -17,7 +17,13 @@ const LockFile = "backup.lock"
 type Lock struct {
 	BackendURL  string   `json:"backend_url,omitempty"`
 	BackendURLs []string `json:"backend_urls,omitempty"`
+	// Heal false stops the node, as the reference does, when its database
+	// is ahead of the backup, instead of storing the database as a snapshot.
+	Heal *bool `json:"heal,omitempty"`
 }
+
+// HealEnabled tells whether a gap is healed at the first write (the default).
+func (l Lock) HealEnabled() bool { return l.Heal == nil || *l.Heal }
 
 // URLs returns every destination, backend_url first, without duplicates.
 func (l Lock) URLs() []string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,11 @@ type Vault struct {
 
 	lat latencies
 
+	healCfg   HealConfig
+	lastHeal  atomic.Pointer[HealReport]
+	lastWrite atomic.Int64 // unix nanoseconds of the last db_write answered
+	writes    atomic.Int64 // db_writes handled
+
 	auto        atomic.Pointer[Thresholds]
 	compacting  atomic.Bool
 	compactWG   sync.WaitGroup
@@ -72,6 +78,24 @@ func NewVault(ctx context.Context, dests []*Destination, log *slog.Logger) *Vaul
 	v.sizeAfter.Store(size)
 	return v
 }
+
+// SetHeal sets how a gap between the node and its backup is healed at the
+// first write. Call it before the first Write.
+func (v *Vault) SetHeal(c HealConfig) { v.healCfg = c }
+
+// LastHeal is the last heal of this run, nil when none.
+func (v *Vault) LastHeal() *HealReport { return v.lastHeal.Load() }
+
+// LastWrite is when the last db_write was handled (zero before any).
+func (v *Vault) LastWrite() time.Time {
+	if n := v.lastWrite.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Writes is how many db_writes were handled.
+func (v *Vault) Writes() int64 { return v.writes.Load() }
 
 // SetAutoCompact sets the automatic compaction thresholds.
 func (v *Vault) SetAutoCompact(t Thresholds) { v.auto.Store(&t) }
@@ -132,6 +156,8 @@ func (v *Vault) Write(ctx context.Context, version uint32, writes []string) erro
 	}
 	v.started, v.last = true, version
 	v.lat.add(time.Since(start))
+	v.writes.Add(1)
+	v.lastWrite.Store(time.Now().UnixNano())
 	v.afterAppend(ctx, writes)
 	return nil
 }
@@ -149,16 +175,28 @@ func (v *Vault) Idle() {
 
 func (v *Vault) first(ctx context.Context, c *lnvault.Change) error {
 	actions := make([]Action, len(v.dests))
+	heads := make([]lnvault.Metadata, len(v.dests))
 	var empty, nonEmpty []string
+	var behind []*Destination
+	var behindHeads []lnvault.Metadata
 	for i, d := range v.dests {
 		m := d.Backend.Metadata()
+		heads[i] = m
 		if m.Version == 0 && m.VersionCount == 0 {
 			empty = append(empty, d.URL)
 		} else {
 			nonEmpty = append(nonEmpty, fmt.Sprintf("%s (version %d)", d.URL, m.Version))
 		}
 		a, err := FirstWrite(m, c.Version, c.Statements)
+		if errors.Is(err, ErrOutOfDate) && !v.healCfg.Disabled {
+			a, err = Heal, nil
+			behind = append(behind, d)
+			behindHeads = append(behindHeads, m)
+		}
 		if err != nil {
+			if errors.Is(err, ErrOutOfDate) {
+				err = fmt.Errorf("%w; healing is turned off in %s (\"heal\": false): remove that to have lnvault store the node's database as a snapshot, or re-initialise the backup with lightningd stopped (lnvault init)", err, LockFile)
+			}
 			return fmt.Errorf("%s: %w", d.URL, err)
 		}
 		actions[i] = a
@@ -181,6 +219,17 @@ func (v *Vault) first(ctx context.Context, c *lnvault.Change) error {
 	})
 	if err != nil {
 		return err
+	}
+	if len(behind) > 0 {
+		n := uint32(committedVersion(c.Version, c.Statements)) // > a head, so >= 1
+		rep, err := v.heal(ctx, n, c.Version, behind, behindHeads)
+		if err != nil {
+			return fmt.Errorf("%w (backup at version %d; lightningd committed %d): healing the gap failed: %w", ErrOutOfDate, behindHeads[0].Version, n, err)
+		}
+		v.lastHeal.Store(rep)
+		v.log.Warn(fmt.Sprintf("healed a gap: %d committed change(s) after version %d never reached the backup (lightningd wrote them after lnvault stopped, or ran without it); stored the node's database at version %d as a snapshot", rep.Missing, rep.BackupVersion, n),
+			"backup_version", rep.BackupVersion, "node_version", n, "versions_missing", rep.Missing,
+			"database", rep.Database, "read_ms", rep.ReadMs, "took_ms", rep.TookMs, "destinations", strings.Join(rep.Destinations, ", "))
 	}
 	return v.append(ctx, c)
 }
@@ -323,6 +372,7 @@ type StatusReport struct {
 	SinceCompact int64           `json:"changes_since_compaction"`
 	AutoCompact  Thresholds      `json:"auto_compact"`
 	LastCompact  *CompactSummary `json:"last_compaction,omitempty"`
+	LastHeal     *HealReport     `json:"last_heal,omitempty"`
 	Extensions   map[string]any  `json:"extensions,omitempty"`
 }
 
@@ -346,6 +396,7 @@ func (v *Vault) Status(ctx context.Context) StatusReport {
 	r.Compacting = v.compacting.Load()
 	r.SinceCompact = v.sinceCompat.Load()
 	r.AutoCompact = *v.auto.Load()
+	r.LastHeal = v.lastHeal.Load()
 	if c := v.lastCompact.Load(); c != nil {
 		r.LastCompact = &CompactSummary{At: c.Start.UTC().Format(time.RFC3339), TookMs: ms(c.Took), Stats: c.Stats, Errors: c.Errs}
 	}

@@ -271,6 +271,15 @@ func (p *Plugin) Fatal(err error) {
 	})
 }
 
+// Stop ends Run cleanly (it returns nil), as the end of lightningd's input
+// does: a synchronous hook being handled is answered first, nothing more is
+// read.
+func (p *Plugin) Stop() {
+	if p.cancel != nil {
+		p.cancel(context.Canceled)
+	}
+}
+
 // Manifest returns the getmanifest answer.
 func (p *Plugin) Manifest() map[string]any {
 	m := map[string]any{}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/lnvault/lnvault"
 	"modernc.org/sqlite" // the "sqlite" driver (no cgo)
@@ -322,10 +323,22 @@ func dataVersion(ctx context.Context, q interface {
 // online backup API, in one step so the copy is consistent even while
 // lightningd writes, and returns the data_version of the copy. dst is fsync'd.
 func Snapshot(ctx context.Context, src, dst string) (uint32, error) {
+	return snapshot(ctx, fileURI(src), src, dst)
+}
+
+// SnapshotLive is Snapshot of the database of a running lightningd, read-only:
+// lightningd holds its write transaction open while it waits for a db_write
+// answer, so the file holds its last committed state. A lock lightningd holds
+// is waited for at most busy, never longer: lightningd waits for us.
+func SnapshotLive(ctx context.Context, src, dst string, busy time.Duration) (uint32, error) {
+	return snapshot(ctx, fmt.Sprintf("%s&_pragma=busy_timeout(%d)", ReadOnlyDSN(src), busy.Milliseconds()), src, dst)
+}
+
+func snapshot(ctx context.Context, dsn, src, dst string) (uint32, error) {
 	if _, err := os.Stat(src); err != nil {
 		return 0, err
 	}
-	db, err := sql.Open("sqlite", fileURI(src))
+	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return 0, err
 	}
@@ -374,4 +387,73 @@ func syncFile(path string) error {
 	}
 	err = f.Sync()
 	return errors.Join(err, f.Close())
+}
+
+// Identity is what tells one node's database from another's: Core Lightning
+// stores the node's id and the chain's genesis hash in vars at its first start
+// and refuses to start on a database whose node_id is not its own.
+type Identity struct {
+	NodeID  string // hex; "" when the database has none yet
+	Genesis string // hex
+}
+
+func (i Identity) String() string {
+	return fmt.Sprintf("node_id %s, genesis_hash %s", orNone(i.NodeID), orNone(i.Genesis))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// ReadIdentity reads the Identity of the database file at path, read-only.
+func ReadIdentity(ctx context.Context, path string) (Identity, error) {
+	db, err := openRO(path)
+	if err != nil {
+		return Identity{}, err
+	}
+	defer db.Close()
+	var id Identity
+	rows, err := db.QueryContext(ctx, "SELECT name, hex(blobval) FROM vars WHERE name IN ('node_id', 'genesis_hash')")
+	if err != nil {
+		return Identity{}, fmt.Errorf("reading vars of %s: %w", path, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var val sql.NullString
+		if err := rows.Scan(&name, &val); err != nil {
+			return Identity{}, err
+		}
+		if name == "node_id" {
+			id.NodeID = strings.ToLower(val.String)
+		} else {
+			id.Genesis = strings.ToLower(val.String)
+		}
+	}
+	return id, rows.Err()
+}
+
+// identityStmt matches the statements that set node_id and genesis_hash, as
+// lightningd sends them: INSERT INTO vars (name, blobval) VALUES ('node_id', x'..').
+var identityStmt = regexp.MustCompile(`(?i)^\s*INSERT\s+INTO\s+vars\s*\(\s*name\s*,\s*blobval\s*\)\s*VALUES\s*\(\s*'(node_id|genesis_hash)'\s*,\s*x'([0-9a-f]*)'\s*\)`)
+
+// ScanIdentity fills id from statements of a transaction that set it.
+func ScanIdentity(id *Identity, statements []string) {
+	for _, s := range statements {
+		if len(s) > 300 || !strings.Contains(s, "vars") {
+			continue
+		}
+		m := identityStmt.FindStringSubmatch(s)
+		if m == nil {
+			continue
+		}
+		if strings.EqualFold(m[1], "node_id") {
+			id.NodeID = strings.ToLower(m[2])
+		} else {
+			id.Genesis = strings.ToLower(m[2])
+		}
+	}
 }

@@ -55,7 +55,7 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	}
 	h := b.hdr
 	if h.endOffset != dataStart(h.format) { // an empty backup takes any first version
-		if err := lnvault.CheckNext(h.meta(), c.Version); err != nil {
+		if err := lnvault.CheckNext(h.meta(), c.Version, c.Kind); err != nil {
 			return fmt.Errorf("appending to %s: %w", b.path, err)
 		}
 	}

@@ -213,7 +213,7 @@ func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error 
 	}
 	md := b.md
 	for _, c := range cs {
-		if err := lnvault.CheckNext(md, c.Version); err != nil {
+		if err := lnvault.CheckNext(md, c.Version, c.Kind); err != nil {
 			return err
 		}
 		md = lnvault.Metadata{Version: c.Version, PrevVersion: md.Version, VersionCount: md.VersionCount + 1}

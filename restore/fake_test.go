@@ -33,7 +33,7 @@ func newFake() *fakeBackend { return &fakeBackend{failAt: -1} }
 func (f *fakeBackend) Metadata() lnvault.Metadata { return f.md }
 
 func (f *fakeBackend) Append(_ context.Context, c *lnvault.Change) error {
-	if err := lnvault.CheckNext(f.md, c.Version); err != nil {
+	if err := lnvault.CheckNext(f.md, c.Version, c.Kind); err != nil {
 		return err
 	}
 	fc := fakeChange{version: c.Version, kind: c.Kind, stmts: c.Statements}

@@ -385,7 +385,7 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		if !s.claimWriter(c) {
 			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup")
 		}
-		if err := lnvault.CheckNext(s.b.Metadata(), p.Version); err != nil {
+		if err := lnvault.CheckNext(s.b.Metadata(), p.Version, p.Change.Kind); err != nil {
 			return c.nack("version", log, "version", p.Version, "err", err)
 		}
 		if err := s.b.Append(s.ctx, p.Change); err != nil {

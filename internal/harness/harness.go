@@ -571,6 +571,13 @@ func (h *Harness) write(ctx context.Context, id string, version uint32, writes [
 	return lat, nil
 }
 
+// CommitUnreported commits writes to the node database without sending
+// them to the plugin, as lightningd does after the plugin has gone during a
+// shutdown, or when it runs without the plugin.
+func (h *Harness) CommitUnreported(ctx context.Context, writes []string) error {
+	return h.commit(ctx, writes)
+}
+
 // commit applies writes to the node database as lightningd does: in one
 // transaction, except migrations' PRAGMA statements, which SQLite ignores
 // inside a transaction.
