@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/clnplugin"
@@ -29,11 +28,15 @@ const (
 	OptDestination    = "backup-destination"
 	OptCompactSize    = "backup-compact-size"
 	OptCompactChanges = "backup-compact-changes"
-	OptShutdownStay   = "backup-stay-for-shutdown"
 
 	DefaultCompactSize    = 1 << 30
 	DefaultCompactChanges = 100000
 )
+
+// EnvShutdown set to "leave" in lightningd's environment makes the plugin
+// leave at the start of lightningd's shutdown, as the reference does, instead
+// of staying until nothing else can write.
+const EnvShutdown = "LNVAULT_SHUTDOWN"
 
 // InitEnv is what an extension gets at init.
 type InitEnv struct {
@@ -149,21 +152,13 @@ func Run(ctx context.Context, cfg Config) error {
 		Description: "Compact the backup automatically when it grows past this many bytes (0: never)"})
 	p.AddOption(clnplugin.Option{Name: OptCompactChanges, Type: "int", Default: DefaultCompactChanges,
 		Description: "Compact the backup automatically after this many changes (0: never)"})
-	p.AddOption(clnplugin.Option{Name: OptShutdownStay, Type: "bool", Default: true,
-		Description: "Keep backing up while lightningd shuts down, until nothing else can write (false: leave at once, as the reference does)"})
-
 	// lightningd's shutdown: stay while it can still commit (shutdown.go).
-	var stay atomic.Bool
-	stay.Store(true)
-	waiter := newShutdownWaiter(v, log, p.Stop)
-	p.Subscribe("shutdown", func(ctx context.Context, _ json.RawMessage) {
-		if !stay.Load() {
-			log.Info("lightningd is shutting down: leaving at once", "option", OptShutdownStay)
-			p.Stop()
-			return
-		}
-		go waiter.wait(ctx)
-	})
+	// EnvShutdown=leave keeps the reference's behaviour (not subscribed, so
+	// killed first), for comparison.
+	if os.Getenv(EnvShutdown) != "leave" {
+		waiter := newShutdownWaiter(v, log, p.Stop)
+		p.Subscribe("shutdown", func(ctx context.Context, _ json.RawMessage) { go waiter.wait(ctx) })
+	}
 
 	// lightningd waits for the db_write answer before anything else, so it is
 	// handled where it is read (no goroutine hand-off on the ack path).
@@ -222,9 +217,6 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		}
 		v.SetAutoCompact(t)
-		if b, ok := req.Options[OptShutdownStay]; ok && (string(b) == "false" || string(b) == `"false"`) {
-			stay.Store(false)
-		}
 		var rpc *clnrpc.Client
 		if req.Configuration.RPCFile != "" {
 			path := req.Configuration.RPCFile

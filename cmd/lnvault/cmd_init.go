@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/spf13/cobra"
 )
@@ -37,14 +37,8 @@ plugin knows where to write. lightningd must be stopped while init runs.`,
 	f.String("lightning-dir", "", "the node's directory (with lightningd.sqlite3): snapshot it and write backup.lock there")
 	f.Int("format", 0, "file format for file: backups: 1 (the reference plugin's) or 2 (checksummed); default: the backend's")
 	f.Bool("force", false, "go on even if lightningd answers on DIR/lightning-rpc or DIR/backup.lock exists")
+	f.Bool("no-heal", false, `stop the node, as the reference does, when its database is ahead of the backup (commits that escaped the plugin), instead of storing the database as a snapshot at the first write ("heal": false in backup.lock)`)
 	addCommand(c)
-}
-
-// backupLock is DIR/backup.lock, as the plugin (and the reference plugin,
-// which reads backend_url only) expects it.
-type backupLock struct {
-	BackendURL  string   `json:"backend_url"`
-	BackendURLs []string `json:"backend_urls,omitempty"`
 }
 
 func runInit(cmd *cobra.Command, urls []string) error {
@@ -53,6 +47,7 @@ func runInit(cmd *cobra.Command, urls []string) error {
 	dir, _ := f.GetString("lightning-dir")
 	format, _ := f.GetInt("format")
 	force, _ := f.GetBool("force")
+	noHeal, _ := f.GetBool("no-heal")
 	if format != 0 && format != 1 && format != 2 {
 		return fmt.Errorf("--format %d is not a file format: use 1 (reference) or 2 (checksummed)", format)
 	}
@@ -142,11 +137,14 @@ func runInit(cmd *cobra.Command, urls []string) error {
 		}
 	}
 	if lockPath != "" {
-		lock := backupLock{BackendURL: urls[0]}
+		lock := backupplugin.Lock{BackendURL: urls[0]}
 		if len(urls) > 1 {
 			lock.BackendURLs = urls
 		}
-		if err := writeFileAtomic(lockPath, lock); err != nil {
+		if noHeal {
+			lock.Heal = new(bool)
+		}
+		if err := backupplugin.WriteLock(filepath.Dir(lockPath), lock); err != nil {
 			return fmt.Errorf("writing %s: %w", lockPath, err)
 		}
 	}
@@ -186,44 +184,6 @@ func checkNodeStopped(dir string, force bool) error {
 		return nil
 	}
 	return fmt.Errorf("lightningd is running (it answers on %s): stop lightningd first (lightning-cli stop), or pass --force", sock)
-}
-
-// writeFileAtomic writes v as JSON to path through a temp file, fsync,
-// rename and directory fsync, so path is either the old or the new content.
-func writeFileAtomic(path string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	data = append(data, '\n')
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o600) // URLs may carry credentials
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	return errors.Join(err, d.Close())
 }
 
 // removeCreatedBackup undoes init's creation of a backup after a later step

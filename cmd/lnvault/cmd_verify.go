@@ -11,17 +11,25 @@ import (
 )
 
 func init() {
-	addCommand(&cobra.Command{
-		Use:   "verify URL",
+	c := &cobra.Command{
+		Use:   "verify URL [--db PATH]",
 		Short: "Check that a backup restores: checksums, continuity, integrity, foreign keys",
 		Long: `Verify reads every change of the backup, checks checksums and version
 continuity, restores it into a temp database and runs integrity_check and
 foreign_key_check. Exit status: 0 all is well, 2 the backup is damaged (the
 message names the first bad record's offset and version), 1 it could not be
-checked.`,
+checked.
+
+With --db PATH (a stopped node's lightningd.sqlite3) it also compares the
+backup with that database: a gap (the node is ahead: commits never reached the
+backup), an old database (behind the backup), or different content at the same
+version exit 2 with what to do; equal, or one change the node never committed
+(the next start rewinds it), exit 0.`,
 		Args: cobra.ExactArgs(1),
 		RunE: runVerify,
-	})
+	}
+	c.Flags().String("db", "", "compare the backup with this stopped node's database")
+	addCommand(c)
 }
 
 // exitError carries a command's exit code to main.
@@ -58,5 +66,15 @@ func runVerify(cmd *cobra.Command, args []string) error {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "backup ok: %d changes (%d snapshots, %d statements), versions %d..%d, data_version %d, integrity and foreign keys ok\n",
 		rep.Changes, rep.Snapshots, rep.Statements, rep.FirstVersion, rep.LastVersion, rep.DataVersion)
+	if db, _ := cmd.Flags().GetString("db"); db != "" {
+		c, err := restore.CompareDB(ctx, b, db)
+		if err != nil {
+			return err
+		}
+		if !c.OK() {
+			return &exitError{fmt.Errorf("%s: %s", c.State, c.Detail), 2}
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "database %s: %s: %s\n", db, c.State, c.Detail)
+	}
 	return nil
 }

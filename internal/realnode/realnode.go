@@ -97,11 +97,18 @@ func StartBitcoind(ctx context.Context, tools Tools, dir string) (*Bitcoind, err
 		"-rpcallowip=127.0.0.1", fmt.Sprintf("-port=%d", p2p), fmt.Sprintf("-bind=127.0.0.1:%d", p2p), "-listenonion=0",
 		"-discover=0", "-dnsseed=0", "-fixedseeds=0", "-natpmp=0", "-fallbackfee=0.0002", "-txindex=1")
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stderr bytes.Buffer
+	b.cmd.Stderr = &stderr
 	if err := b.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting bitcoind: %w", err)
 	}
 	go func() { b.cmd.Wait(); close(b.done) }()
 	if err := WaitFor(ctx, 60*time.Second, "bitcoind to answer RPC", func() (bool, error) {
+		select {
+		case <-b.done:
+			return false, fmt.Errorf("bitcoind exited: %s", strings.TrimSpace(stderr.String()))
+		default:
+		}
 		_, err := b.CLI(ctx, "getblockchaininfo")
 		return err == nil, nil
 	}); err != nil {
@@ -178,7 +185,8 @@ type Node struct {
 	Dir     string // --lightning-dir
 	Port    int
 	Plugins []string // --important-plugin paths
-	Args    []string // more options, e.g. --backup-stay-for-shutdown=false
+	Args    []string // more options
+	Env     []string // more environment, e.g. LNVAULT_SHUTDOWN=leave
 	tools   Tools
 	btc     *Bitcoind
 
@@ -259,6 +267,7 @@ func (n *Node) Launch() error {
 	args = append(args, n.Args...)
 	cmd := exec.Command(filepath.Join(n.tools.LightningBin, "lightningd"), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Env = append(os.Environ(), n.Env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -429,11 +438,19 @@ func WaitFor(ctx context.Context, d time.Duration, what string, cond func() (boo
 func (n *Node) Fund(ctx context.Context, btc string) error {
 	var addr struct {
 		Bech32 string `json:"bech32"`
+		P2TR   string `json:"p2tr"`
 	}
 	if err := n.Call(ctx, "newaddr", nil, &addr); err != nil {
 		return err
 	}
-	if _, err := n.btc.CLI(ctx, "sendtoaddress", addr.Bech32, btc); err != nil {
+	a := addr.P2TR
+	if a == "" {
+		a = addr.Bech32
+	}
+	if a == "" {
+		return fmt.Errorf("%s: newaddr gave no address", n.Name)
+	}
+	if _, err := n.btc.CLI(ctx, "sendtoaddress", a, btc); err != nil {
 		return err
 	}
 	if err := n.btc.Mine(ctx, 1); err != nil {
