@@ -26,7 +26,7 @@ const (
 	// (and what that fails) in the next turns of its loop.
 	shutdownQuiet = 150 * time.Millisecond
 	// shutdownMax stays below lightningd's 30 s, after which it kills us.
-	shutdownMax = 25 * time.Second
+	shutdownMax  = 25 * time.Second
 	shutdownTick = 10 * time.Millisecond
 )
 
