@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -213,4 +214,22 @@ func CheckNext(head Metadata, next uint32, kind Kind) error {
 		return nil
 	}
 	return fmt.Errorf("%w: head is %d, got %s %d", ErrVersion, head.Version, kind, next)
+}
+
+// IsPragmaOnly tells whether a db_write carries only `PRAGMA foreign_keys`
+// statements: table-rebuild migrations send them outside any transaction,
+// with the data_version of the last committed transaction (not a new one).
+// Replaying one needs lightningd's boundaries: SQLite ignores the pragma
+// inside a transaction.
+func IsPragmaOnly(writes []string) bool {
+	if len(writes) == 0 {
+		return false
+	}
+	for _, w := range writes {
+		s := strings.ToLower(strings.Join(strings.Fields(w), " "))
+		if !strings.HasPrefix(s, "pragma foreign_keys") {
+			return false
+		}
+	}
+	return true
 }

@@ -82,3 +82,21 @@ func TestRegisterTwicePanics(t *testing.T) {
 	}()
 	lnvault.Register("test-twice", open)
 }
+
+func TestIsPragmaOnly(t *testing.T) {
+	for _, tc := range []struct {
+		w    []string
+		want bool
+	}{
+		{[]string{"PRAGMA foreign_keys = OFF;"}, true},
+		{[]string{"pragma  FOREIGN_KEYS=on"}, true},
+		{[]string{"PRAGMA foreign_keys = OFF;", "PRAGMA foreign_keys = ON;"}, true},
+		{[]string{"PRAGMA journal_mode = WAL"}, false},
+		{[]string{"PRAGMA foreign_keys = OFF;", "DELETE FROM x"}, false},
+		{nil, false},
+	} {
+		if got := lnvault.IsPragmaOnly(tc.w); got != tc.want {
+			t.Errorf("IsPragmaOnly(%q) = %v", tc.w, got)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package backupplugin
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/lnvault/lnvault"
 )
@@ -34,22 +33,6 @@ var (
 	ErrLostState = errors.New("lightningd seems to have lost some state (failed restore?). Emergency shutdown.")
 	ErrOutOfDate = errors.New("Backup is out of date, we cannot continue safely. Emergency shutdown.")
 )
-
-// IsPragmaOnly tells whether a db_write carries only `PRAGMA foreign_keys`
-// statements: table-rebuild migrations send them outside any transaction,
-// with the data_version of the last committed transaction (not a new one).
-func IsPragmaOnly(writes []string) bool {
-	if len(writes) == 0 {
-		return false
-	}
-	for _, w := range writes {
-		s := strings.ToLower(strings.Join(strings.Fields(w), " "))
-		if !strings.HasPrefix(s, "pragma foreign_keys") {
-			return false
-		}
-	}
-	return true
-}
 
 // FirstWrite decides what the first db_write after a start does to a
 // destination whose head is m. d is the write's data_version.

@@ -52,24 +52,6 @@ func TestFirstWrite(t *testing.T) {
 	}
 }
 
-func TestIsPragmaOnly(t *testing.T) {
-	for _, tc := range []struct {
-		w    []string
-		want bool
-	}{
-		{[]string{"PRAGMA foreign_keys = OFF;"}, true},
-		{[]string{"pragma  FOREIGN_KEYS=on"}, true},
-		{[]string{"PRAGMA foreign_keys = OFF;", "PRAGMA foreign_keys = ON;"}, true},
-		{[]string{"PRAGMA journal_mode = WAL"}, false},
-		{[]string{"PRAGMA foreign_keys = OFF;", "DELETE FROM x"}, false},
-		{nil, false},
-	} {
-		if got := IsPragmaOnly(tc.w); got != tc.want {
-			t.Errorf("IsPragmaOnly(%q) = %v", tc.w, got)
-		}
-	}
-}
-
 func TestParseLock(t *testing.T) {
 	for _, tc := range []struct {
 		in   string

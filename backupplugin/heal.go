@@ -55,7 +55,7 @@ type HealReport struct {
 // db_write of data_version d: d-1 for a transaction, d for a migration's
 // PRAGMA-only write (which does not bump data_version).
 func committedVersion(d uint32, writes []string) int64 {
-	if IsPragmaOnly(writes) {
+	if lnvault.IsPragmaOnly(writes) {
 		return int64(d)
 	}
 	return int64(d) - 1

@@ -295,7 +295,7 @@ func TestFirstWriteRuleProcess(t *testing.T) {
 		n.stop()
 		n.start()
 		// reqs[1] is the migration's PRAGMA foreign_keys = OFF with version 1 again.
-		if !backupplugin.IsPragmaOnly(reqs[1].Writes) || reqs[1].DataVersion != reqs[0].DataVersion {
+		if !lnvault.IsPragmaOnly(reqs[1].Writes) || reqs[1].DataVersion != reqs[0].DataVersion {
 			t.Fatal("corpus changed: request 2 is not the PRAGMA repeat")
 		}
 		if err := n.h.Replay(ctx(t), reqs[1:], 1); err != nil {

@@ -104,6 +104,21 @@ func (a *Applier) Apply(ctx context.Context, c *lnvault.Change) error {
 }
 
 func (a *Applier) applyTx(ctx context.Context, c *lnvault.Change) error {
+	if lnvault.IsPragmaOnly(c.Statements) {
+		// lightningd commits, runs a migration's PRAGMA foreign_keys
+		// outside any transaction and begins again: inside one SQLite
+		// ignores it, and a table rebuild with foreign keys on cascades
+		// deletes into the children.
+		if err := a.commit(ctx); err != nil {
+			return err
+		}
+		for _, s := range c.Statements {
+			if _, err := a.conn.ExecContext(ctx, s); err != nil {
+				return fmt.Errorf("%w (statement: %.200s)", err, s)
+			}
+		}
+		return nil
+	}
 	if !a.inTx {
 		if _, err := a.conn.ExecContext(ctx, "BEGIN"); err != nil {
 			return err

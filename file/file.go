@@ -303,6 +303,10 @@ type state struct {
 	// tailVersion is the version of the (unacknowledged) record past the
 	// end, when there is one that can be parsed.
 	tail int64
+	// fellBack says why the newest format-2 header was passed over for the
+	// older one (its last record is missing or damaged); badSeq is its seq.
+	fellBack string
+	badSeq   uint64
 }
 
 func corrupt(off int64, v uint32, format string, args ...any) *lnvault.CorruptError {
@@ -426,6 +430,23 @@ func loadV2(f *os.File, s state, b []byte) (state, error) {
 	if best < 0 {
 		return s, corrupt(0, 0, "no valid header: slot 0: %s; slot 1: %s (restore from another copy of the backup)", why[0], why[1])
 	}
+	// A power cut can keep the newest header and lose the record it was
+	// written for (both went out before the one fdatasync): that fdatasync
+	// never returned, so the change was never acknowledged. Fall back to the
+	// older header when it is the state just before that record.
+	if o := 1 - best; ss[o] == slotValid && hs[o].seq < hs[best].seq && hs[best].lastRecordOffset != 0 && hs[o].endOffset == hs[best].lastRecordOffset {
+		if err := lastRecordErr(f, s.size, hs[best]); err != nil {
+			s.fellBack = fmt.Sprintf("the newest header (slot %d, version %d) describes a record that is missing or damaged (%v); its fdatasync never returned, so that change was never acknowledged: carrying on from the header before it (slot %d, version %d)",
+				best, hs[best].version, err, o, hs[o].version)
+			s.badSeq = hs[best].seq
+			// Readers cannot tell that from a record damaged after it was
+			// acknowledged: they stream the older state and then say so.
+			s.damage = corrupt(int64(hs[best].lastRecordOffset), hs[o].version,
+				"the newest header (version %d) describes a record that is missing or damaged (%v): either a power cut interrupted that append before its fdatasync returned (then the change was never acknowledged) or the record was damaged later and that change is lost; restore with --to-version %d to accept the state before it",
+				hs[best].version, err, hs[o].version)
+			best = o
+		}
+	}
 	h := hs[best]
 	other := 1 - best
 	if h.endOffset < v2DataStart || (h.lastRecordOffset != 0 && (h.lastRecordOffset < v2DataStart || h.lastRecordOffset+v2RecHdr > h.endOffset)) {
@@ -496,13 +517,35 @@ func (b *Backend) openWriter() error {
 	}
 	b.f, b.hdr, b.slot = f, s.hdr, s.slot
 	b.metaHdr = s.hdr
+	b.fsize = s.size
+	if s.fellBack != "" {
+		// The writer carries on: the first-write rule (a rewind, or a
+		// heal from the node's database) settles which state is right.
+		b.log.Warn("backup: "+s.fellBack, "path", b.path)
+		s.damage = nil
+		// Replace the passed-over header first, durably: once the tail is
+		// cut it would point past the end of the file.
+		nh := s.hdr
+		nh.seq = s.badSeq + 1
+		nh.encode(b.hbuf[:])
+		if _, err := f.WriteAt(b.hbuf[:], int64((1-s.slot)*headerSize)); err != nil {
+			f.Close()
+			b.f = nil
+			return fmt.Errorf("rewriting the header of %s: %w", b.path, err)
+		}
+		if err := fdatasync(f); err != nil {
+			f.Close()
+			b.f = nil
+			return err
+		}
+		b.hdr.seq, b.metaHdr.seq, b.slot = nh.seq, nh.seq, 1-s.slot
+	}
 	if err := b.checkLastRecord(); err != nil {
 		f.Close()
 		b.f = nil
 		return err
 	}
 	b.removeStaleTemps()
-	b.fsize = s.size
 	if uint64(s.size) > s.hdr.endOffset {
 		zero := false
 		if s.hdr.format == 2 {
@@ -609,24 +652,38 @@ func (b *Backend) checkLastRecord() error {
 		}
 		return nil
 	}
+	if err := lastRecordErr(b.f, b.fsize, h); err != nil {
+		return corrupt(off, h.version, "%v (run `lnvault verify`; restore from another copy)", err)
+	}
+	return nil
+}
+
+// lastRecordErr checks that the format-2 header h's last record is in f (of
+// size bytes) where h says, whole: its header, length and (up to 16 MiB)
+// checksum.
+func lastRecordErr(f *os.File, size int64, h header) error {
+	off := int64(h.lastRecordOffset)
+	if size < int64(h.endOffset) {
+		return fmt.Errorf("the file is %d bytes but the header says the records end at %d", size, h.endOffset)
+	}
 	var rh [v2RecHdr]byte
-	if _, err := b.f.ReadAt(rh[:], off); err != nil {
-		return corrupt(off, h.version, "cannot read the last record: %v", err)
+	if _, err := f.ReadAt(rh[:], off); err != nil {
+		return fmt.Errorf("cannot read the last record at offset %d: %v", off, err)
 	}
 	r := parseRecHdr(rh[:])
 	if err := r.check(rh[:]); err != nil {
-		return corrupt(off, h.version, "last record: %v (run `lnvault verify`)", err)
+		return fmt.Errorf("last record at offset %d: %v", off, err)
 	}
 	if r.version != h.version || uint64(off)+v2RecHdr+uint64(r.storedLen) != h.endOffset {
-		return corrupt(off, h.version, "the last record (version %d, %d bytes) does not end the file where the header says (%d) (run `lnvault verify`)", r.version, r.storedLen, h.endOffset)
+		return fmt.Errorf("the last record (version %d, %d bytes) does not end the file where the header says (%d)", r.version, r.storedLen, h.endOffset)
 	}
 	if r.storedLen <= 16<<20 {
-		sum, err := crcRange(b.f, off+v2RecHdr, int64(r.storedLen))
+		sum, err := crcRange(f, off+v2RecHdr, int64(r.storedLen))
 		if err != nil {
 			return err
 		}
 		if recordCRC(sum, rh[:]) != r.crc {
-			return corrupt(off, h.version, "the last record's checksum does not match (run `lnvault verify`; restore from another copy)")
+			return fmt.Errorf("the last record's checksum does not match")
 		}
 	}
 	return nil
