@@ -129,6 +129,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		}
 		return stats, err
 	}
+	f.Close() // no handle of ours may stay open on the old file over the swap (see below)
 	if err := tmp.Sync(); err != nil { // the bulk, before taking the lock
 		return stats, fmt.Errorf("compaction: fsync: %w", err)
 	}
@@ -176,13 +177,23 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		return stats, fmt.Errorf("compaction: fsync: %w", err)
 	}
 	b.hook("before-rename")
+	// The old file is closed first: a FUSE filesystem (sshfs, rclone, ...)
+	// replaces a file that is still open in two renames of its own (the
+	// target to .fuse_hidden*, then the source over it), and a power cut
+	// between them leaves no backup at all. Found with LazyFS.
+	if err := b.f.Close(); err != nil {
+		b.log.Warn("compaction: closing the old file before the swap", "path", b.path, "err", err)
+	}
 	if err := os.Rename(tmp.Name(), b.path); err != nil {
+		if f, oerr := os.OpenFile(b.path, os.O_RDWR, 0); oerr == nil {
+			b.f = f
+		} else {
+			b.broken = fmt.Errorf("compaction: the swap failed (%v) and the backup could not be opened again: %w", err, oerr)
+		}
 		return stats, fmt.Errorf("compaction: %w", err)
 	}
 	swapped = true
-	old := b.f
 	b.f = tmp
-	old.Close()
 	b.setHdr(nh, slot)
 	b.fsize = int64(nh.endOffset)
 	b.truncFirst = false

@@ -220,8 +220,12 @@ func (fs *FS) TornOp(path string, parts int, persist ...int) error {
 
 // CrashBefore makes lazyfs crash (dropping unsynced data) at the next op
 // (fsync, write, rename, ...) on a path matching rgx.
-func (fs *FS) CrashBefore(op, rgx string) error {
-	return fs.command(fmt.Sprintf("lazyfs::crash::timing=before::op=%s::from_rgx=%s", op, rgx))
+func (fs *FS) CrashBefore(op, rgx string) error { return fs.Crash("before", op, rgx) }
+
+// Crash makes lazyfs crash before or after (timing) the next op on a path
+// matching rgx.
+func (fs *FS) Crash(timing, op, rgx string) error {
+	return fs.command(fmt.Sprintf("lazyfs::crash::timing=%s::op=%s::from_rgx=%s", timing, op, rgx))
 }
 
 func (fs *FS) under(path string) string {
@@ -237,6 +241,16 @@ func (fs *FS) Crashed() bool {
 	case <-fs.exit:
 		return true
 	default:
+		return false
+	}
+}
+
+// WaitCrashed waits up to d for lazyfs to exit and tells whether it did.
+func (fs *FS) WaitCrashed(d time.Duration) bool {
+	select {
+	case <-fs.exit:
+		return true
+	case <-time.After(d):
 		return false
 	}
 }
