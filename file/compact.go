@@ -129,7 +129,9 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		}
 		return stats, err
 	}
-	f.Close()                          // no handle of ours may stay open on the old file over the swap (see below)
+	// No handle of ours may stay open on the old file over the swap (see
+	// below).
+	f.Close()
 	if err := tmp.Sync(); err != nil { // the bulk, before taking the lock
 		return stats, fmt.Errorf("compaction: fsync: %w", err)
 	}
