@@ -166,7 +166,9 @@ func Open(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (*Backen
 		b.hdr, b.slot = s.hdr, s.slot
 		b.metaHdr = s.hdr
 		if s.damage != nil {
-			b.log.Warn("backup header damaged", "path", path, "err", s.damage)
+			// Stream returns this damage after the records it can still
+			// give; a warning here would say it twice.
+			b.log.Debug("backup header damaged", "path", path, "err", s.damage)
 		}
 		ok = true
 		return b, nil
