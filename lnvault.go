@@ -95,6 +95,24 @@ type Status struct {
 
 // Backend is one storage of a backup. Implementations are safe for one
 // writer; Metadata, Status and Stream may be called while it appends.
+//
+// The contract every backend keeps (package backendtest checks it):
+//
+//   - After an Append of version v on a head at version h, Metadata is
+//     {Version: v, PrevVersion: h, VersionCount: one more}.
+//   - After a Rewind, Metadata is {Version: the version before the rewound
+//     change, PrevVersion: 0, VersionCount: one less}, and Stream no longer
+//     yields the rewound change. PrevVersion 0 says that nothing may be
+//     rewound: a second Rewind fails with ErrRewindTwice until the next
+//     Append.
+//   - All of it is durable: after Close and a new Open, Metadata, Stream and
+//     the refusal of a second Rewind are what they were. (A backend that
+//     forgot its rewind would let a restarted node that lost state rewind a
+//     committed change.)
+//   - Compact changes neither Metadata nor what Stream materialises, and the
+//     head can still be rewound after it.
+//   - An Append whose version does not follow the head (CheckNext) fails
+//     with ErrVersion and stores nothing.
 type Backend interface {
 	// Metadata returns the head of the backup as of the last Append/Rewind.
 	Metadata() Metadata

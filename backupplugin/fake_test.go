@@ -52,10 +52,7 @@ func (m *memBackend) Rewind(ctx context.Context) error {
 	}
 	m.changes = m.changes[:len(m.changes)-1]
 	m.meta.Version = m.meta.PrevVersion
-	m.meta.PrevVersion = 0
-	if n := len(m.changes); n >= 2 {
-		m.meta.PrevVersion = m.changes[n-2].Version
-	}
+	m.meta.PrevVersion = 0 // nothing may be rewound now (lnvault.Backend)
 	m.meta.VersionCount--
 	m.rewound = true
 	m.rewinds++

@@ -151,6 +151,12 @@ func (b *Backend) loadHead(ctx context.Context, g *Generation) error {
 	default:
 		b.md = lnvault.Metadata{}
 	}
+	// A rewind's marker keeps the contract across restarts: prev_version
+	// 0, and no second rewind until the next append.
+	b.rewound = g.HeadRewound(b.md.VersionCount)
+	if b.rewound {
+		b.md.PrevVersion = 0
+	}
 	return nil
 }
 
@@ -345,8 +351,27 @@ func (b *Backend) Rewind(ctx context.Context) error {
 	for _, s := range g.Segments {
 		before = before || s.LastIndex+1 == headIdx
 	}
+	// The marker goes first: a crash after it and before the deletion
+	// leaves the head in place (the marker applies only to the change
+	// before it), and the deletion is done again at the next start.
+	// Older markers can no longer apply: they go.
+	mark := func() error {
+		if err := b.client.WriteRewound(ctx, g.ID, headIdx); err != nil {
+			return fmt.Errorf("storing the rewind of version %d: %w", b.md.Version, err)
+		}
+		if stale := slices.DeleteFunc(slices.Clone(g.Rewound), func(i uint64) bool { return i == headIdx }); len(stale) > 0 {
+			if err := b.client.DeleteRewound(ctx, g.ID, stale); err != nil {
+				b.log.Warn("replica: could not delete old rewind markers (harmless)", "replica", b.client.String(), "err", err)
+			}
+		}
+		g.Rewound = []uint64{headIdx}
+		return nil
+	}
 	switch {
 	case headSeg == nil && len(headSnaps) > 0 && before:
+		if err := mark(); err != nil {
+			return err
+		}
 		if err := b.client.DeleteSnapshots(ctx, headSnaps); err != nil {
 			return err
 		}
@@ -357,6 +382,9 @@ func (b *Backend) Rewind(ctx context.Context) error {
 			return err
 		}
 	case headSeg != nil && headSeg.FirstIndex == headIdx:
+		if err := mark(); err != nil {
+			return err
+		}
 		if err := b.client.DeleteSegments(ctx, []SegmentInfo{*headSeg}); err != nil {
 			return err
 		}
@@ -380,7 +408,8 @@ func (b *Backend) Rewind(ctx context.Context) error {
 			return err
 		}
 	case headSeg != nil && headIdx > 0:
-		if err := b.restartGeneration(ctx, g, headIdx-1); err != nil {
+		// The new generation's base snapshot says prev_version 0 itself.
+		if err := b.restartGeneration(ctx, g, headIdx-1, true); err != nil {
 			return err
 		}
 	default:
@@ -392,7 +421,7 @@ func (b *Backend) Rewind(ctx context.Context) error {
 
 // restartGeneration starts a new generation whose base is the state after
 // the change of index idx of generation g.
-func (b *Backend) restartGeneration(ctx context.Context, g *Generation, idx uint64) error {
+func (b *Backend) restartGeneration(ctx context.Context, g *Generation, idx uint64, rewound bool) error {
 	var prev, last uint32
 	var n uint64
 	path, cleanup, err := materialize(ctx, func(fn func(*lnvault.Change) error) error {
@@ -406,7 +435,7 @@ func (b *Backend) restartGeneration(ctx context.Context, g *Generation, idx uint
 		return err
 	}
 	defer cleanup()
-	if n < 2 {
+	if n < 2 || rewound {
 		prev = 0
 	}
 	return b.newGenerationFromFile(ctx, path, idx, last, prev)

@@ -88,6 +88,15 @@ type Generation struct {
 	ID        string
 	Snapshots []SnapshotInfo
 	Segments  []SegmentInfo
+	// Rewound lists the indexes of rewound changes (their markers): while
+	// the head is the change just before one, it may not be rewound.
+	Rewound []uint64
+}
+
+// HeadRewound tells whether a head of headCount changes was left by a
+// rewind (the marker of the change after it exists).
+func (g *Generation) HeadRewound(headCount uint64) bool {
+	return headCount > 0 && slices.Contains(g.Rewound, headCount)
 }
 
 // Created is the time of the generation's first object.
@@ -161,6 +170,8 @@ type ReplicaClient interface {
 	ReadSnapshotHeader(ctx context.Context, s SnapshotInfo) (Header, error)
 	DeleteSnapshots(ctx context.Context, s []SnapshotInfo) error
 	WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error)
+	WriteRewound(ctx context.Context, gen string, idx uint64) error
+	DeleteRewound(ctx context.Context, gen string, idxs []uint64) error
 	ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error)
 	DeleteSegments(ctx context.Context, s []SegmentInfo) error
 	DeleteGeneration(ctx context.Context, gen string) error
@@ -195,6 +206,7 @@ func (c *Client) CreateMarker(ctx context.Context) error {
 //	<prefix>/lease.json
 //	<prefix>/<gen>/snapshots/<index>_<version>_<created>.snap.zst
 //	<prefix>/<gen>/segments/<first index>-<last index>_<first version>-<last version>_<created>.seg.zst
+//	<prefix>/<gen>/rewound/<index>
 //
 // with fixed-width hex numbers so that keys sort in log order; gen is the
 // generation's creation time in hex nanoseconds, so generations sort by age.
@@ -313,11 +325,25 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 			}
 			s.Size, s.Key = o.Size, o.Key
 			g.Segments = append(g.Segments, s)
+		case "rewound":
+			var idx uint64
+			if n, err := fmt.Sscanf(parts[2], "%016x", &idx); err != nil || n != 1 || len(parts[2]) != 16 {
+				inv.Unknown = append(inv.Unknown, o.Key)
+				continue
+			}
+			g.Rewound = append(g.Rewound, idx)
 		default:
 			inv.Unknown = append(inv.Unknown, o.Key)
 			continue
 		}
 		gens[g.ID] = g
+	}
+	for id, g := range gens {
+		if len(g.Snapshots) == 0 && len(g.Segments) == 0 {
+			// Markers alone: what an interrupted deletion of the
+			// generation left. Nothing to restore from.
+			delete(gens, id)
+		}
 	}
 	for _, g := range gens {
 		slices.SortFunc(g.Snapshots, func(a, b SnapshotInfo) int {
@@ -382,6 +408,25 @@ func (c *Client) WriteSegment(ctx context.Context, gen string, data []byte, h He
 	s, _ := parseSegmentName(gen, key[len(gen)+len("/segments/"):])
 	s.Size, s.Key = int64(len(data)), key
 	return s, nil
+}
+
+func rewoundKey(gen string, idx uint64) string {
+	return fmt.Sprintf("%s/rewound/%016x", gen, idx)
+}
+
+// WriteRewound stores the marker of a rewind of the change of index idx: it
+// keeps a restarted writer from rewinding the head before it too.
+func (c *Client) WriteRewound(ctx context.Context, gen string, idx uint64) error {
+	return c.Store.Put(ctx, rewoundKey(gen, idx), []byte(`{"rewound":true}`))
+}
+
+// DeleteRewound removes rewind markers that no longer apply.
+func (c *Client) DeleteRewound(ctx context.Context, gen string, idxs []uint64) error {
+	keys := make([]string, len(idxs))
+	for i, idx := range idxs {
+		keys[i] = rewoundKey(gen, idx)
+	}
+	return c.deleteKeys(ctx, keys)
 }
 
 func (c *Client) objectName(key string) string {

@@ -16,6 +16,7 @@ import (
 type fakeBackend struct {
 	md      lnvault.Metadata
 	changes []fakeChange
+	rewound bool
 
 	failAt  int   // index of the change whose read fails (-1: none)
 	failErr error // the error Stream returns there
@@ -46,13 +47,15 @@ func (f *fakeBackend) Append(_ context.Context, c *lnvault.Change) error {
 	}
 	f.changes = append(f.changes, fc)
 	f.md = lnvault.Metadata{Version: c.Version, PrevVersion: f.md.Version, VersionCount: f.md.VersionCount + 1}
+	f.rewound = false
 	return nil
 }
 
 func (f *fakeBackend) Rewind(context.Context) error {
-	if len(f.changes) == 0 {
+	if len(f.changes) == 0 || f.rewound {
 		return lnvault.ErrRewindTwice
 	}
+	f.rewound = true
 	f.changes = f.changes[:len(f.changes)-1]
 	f.md = lnvault.Metadata{Version: f.md.PrevVersion, VersionCount: f.md.VersionCount - 1}
 	return nil
@@ -90,8 +93,11 @@ func (f *fakeBackend) Stream(ctx context.Context, from uint32, fn func(*lnvault.
 	return nil
 }
 
+// Compact keeps the log as it is: what it streams is unchanged, as the
+// contract asks of a compaction.
 func (f *fakeBackend) Compact(context.Context) (lnvault.CompactStats, error) {
-	return lnvault.CompactStats{}, errors.New("fake: no compaction")
+	n := uint64(len(f.changes))
+	return lnvault.CompactStats{Before: lnvault.SizeStats{VersionCount: n}, After: lnvault.SizeStats{VersionCount: n}}, nil
 }
 
 func (f *fakeBackend) Status(context.Context) (lnvault.Status, error) {

@@ -49,6 +49,9 @@ type Backend struct {
 	rewound bool
 	// noAside: the server cannot compact beside the writer's connection.
 	noAside atomic.Bool
+	// oneConn: the server serves one connection at a time (streams go in
+	// place of this handle's connection).
+	oneConn atomic.Bool
 
 	metaMu sync.Mutex
 	meta   lnvault.Metadata
@@ -246,6 +249,9 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	base := b.Metadata()
+	if err := lnvault.CheckNext(base, c.Version, c.Kind); err != nil {
+		return fmt.Errorf("not sent to the backup server %s: %w", b.cfg.Addr(), err)
+	}
 	what := op{name: "change version", version: c.Version, hasVersion: true}
 	err := b.withRetry(ctx, what, base, func(m lnvault.Metadata) bool {
 		return m.Version == c.Version && m.VersionCount == base.VersionCount+1
@@ -253,6 +259,11 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 		p, err := b.roundTrip(ctx, b.cfg.Timeout, what, func() error { return b.wr.WriteChange(c) })
 		if err != nil {
 			return err
+		}
+		if p.Type == wire.TypeNack && p.HasVersion && p.Version == base.Version && lnvault.CheckNext(base, c.Version, c.Kind) == nil {
+			// The change follows the server's head: not another writer, not
+			// a version mismatch, but the server failing to store it.
+			return fmt.Errorf("%w: %s although it follows the server's head (version %d): the server could not store it (its disk failed or is full?); see the server's log", ErrRefused, what, p.Version)
 		}
 		return b.expectAck(p, what, c.Version)
 	})
@@ -385,6 +396,11 @@ func (b *Backend) Rewind(ctx context.Context) error {
 		return b.expectAck(p, what, base.PrevVersion)
 	})
 	if err != nil {
+		if errors.Is(err, ErrRefused) && base.PrevVersion == 0 {
+			// After a rewind a server reports previous version 0 and
+			// refuses another, also after this client reconnected.
+			return fmt.Errorf("%w: the backup server %s keeps no change before version %d to rewind to (it was rewound already): %v", lnvault.ErrRewindTwice, b.cfg.Addr(), base.Version, err)
+		}
 		return err
 	}
 	b.rewound = true
@@ -461,6 +477,18 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	if errors.As(err, &pe) {
 		b.dropLocked()
 	}
+	if err == nil {
+		// The reference server restarts its version count at a
+		// compaction: take the server's, or a reconnection would see a
+		// head other than the one expected and refuse to go on.
+		base := b.Metadata()
+		if m, merr := b.requestMetadataLocked(ctx); merr != nil {
+			b.dropLocked()
+		} else if m.Version == base.Version && m.PrevVersion == base.PrevVersion && m != base {
+			b.log.Info("the backup server counts versions anew after a compaction", "server", b.cfg.Addr(), "version_count", m.VersionCount, "was", base.VersionCount)
+			b.setMeta(m)
+		}
+	}
 	return st, err
 }
 
@@ -504,7 +532,7 @@ type idleConn struct {
 	timeout time.Duration
 }
 
-func (c idleConn) Read(p []byte) (int, error) {
+func (c *idleConn) Read(p []byte) (int, error) {
 	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Read(p)
 }
@@ -514,17 +542,71 @@ func (c idleConn) Read(p []byte) (int, error) {
 // protocol always streams everything). The stream must end at the server's
 // head version as of its start (or later: a writer may append meanwhile),
 // or it is an error.
+//
+// A server that serves one connection at a time (the Python reference) does
+// not answer a second connection while this handle holds one: the handle
+// then streams in place of its connection (appends wait meanwhile), and
+// keeps doing so.
 func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	if b.oneConn.Load() {
+		return b.streamOnWriter(ctx, from, fn)
+	}
 	conn, err := b.dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	first := b.cfg.Timeout
+	b.mu.Lock()
+	if b.conn != nil {
+		first = min(asideHelloTimeout, b.cfg.Timeout)
+	}
+	b.mu.Unlock()
+	err = b.streamOn(ctx, conn, first, from, fn)
+	var se *silentError
+	if errors.As(err, &se) && first < b.cfg.Timeout {
+		b.oneConn.Store(true)
+		b.log.Info("the backup server serves one connection at a time: the writer streams on its own connection", "server", b.cfg.Addr())
+		conn.Close()
+		return b.streamOnWriter(ctx, from, fn)
+	}
+	return err
+}
+
+// streamOnWriter streams in place of the handle's connection: it closes it
+// and streams on a new one (the next request reconnects and checks the
+// server's head).
+func (b *Backend) streamOnWriter(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errors.New("socket backend is closed")
+	}
+	// A server serving one connection at a time takes the next only when
+	// this one is gone: reconnect instead of reusing it.
+	b.dropLocked()
+	conn, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return b.streamOn(ctx, conn, b.cfg.Timeout, from, fn)
+}
+
+// silentError: the server did not answer the first request of a stream in
+// time (a one-connection server busy with this writer's connection).
+type silentError struct{ err error }
+
+func (e *silentError) Error() string { return e.err.Error() }
+func (e *silentError) Unwrap() error { return e.err }
+
+// streamOn runs a restore on conn; the first answer must come within first.
+func (b *Backend) streamOn(ctx context.Context, conn net.Conn, first time.Duration, from uint32, fn func(*lnvault.Change) error) error {
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
-	ic := idleConn{conn, b.cfg.Timeout}
+	ic := &idleConn{conn, first}
 	rd := wire.NewReader(ic, wire.Limits{})
 	defer rd.Close()
 	wr := wire.NewWriter(conn)
@@ -534,8 +616,13 @@ func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Chan
 	}
 	p, err := rd.Next()
 	if err != nil {
-		return b.netErr(ctx, op{name: "REQ_METADATA"}, "waiting for the answer to", b.cfg.Timeout, err)
+		var ne net.Error
+		if first < b.cfg.Timeout && errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			return &silentError{err}
+		}
+		return b.netErr(ctx, op{name: "REQ_METADATA"}, "waiting for the answer to", first, err)
 	}
+	ic.timeout = b.cfg.Timeout
 	if p.Type != wire.TypeMetadata {
 		return &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
 	}

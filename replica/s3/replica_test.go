@@ -253,14 +253,20 @@ func TestRewind(t *testing.T) {
 	if err := b.Rewind(ctx); !errors.Is(err, lnvault.ErrRewindTwice) {
 		t.Fatalf("second rewind: %v", err)
 	}
-	if md := b.Metadata(); md != before {
-		t.Fatalf("after rewind %+v, want %+v", md, before)
+	// After a rewind nothing may be rewound: prev_version 0 (lnvault.Backend).
+	want := lnvault.Metadata{Version: before.Version, VersionCount: before.VersionCount}
+	if md := b.Metadata(); md != want {
+		t.Fatalf("after rewind %+v, want %+v", md, want)
 	}
 	b.Close()
-	// A fresh open sees the same head, and the rewound change never restores.
+	// A fresh open sees the same head, still refuses a second rewind, and
+	// the rewound change never restores.
 	b2 := openReplica(t, u, lnvault.OpenOptions{})
-	if md := b2.Metadata(); md != before {
-		t.Fatalf("reopened %+v, want %+v", md, before)
+	if md := b2.Metadata(); md != want {
+		t.Fatalf("reopened %+v, want %+v", md, want)
+	}
+	if err := b2.Rewind(ctx); !errors.Is(err, lnvault.ErrRewindTwice) {
+		t.Fatalf("second rewind after a reopen: %v", err)
 	}
 	dest := filepath.Join(t.TempDir(), "db")
 	if _, err := restore.Restore(ctx, b2, dest, restore.Options{}); err != nil {
