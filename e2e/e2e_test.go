@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/internal/dumphash"
+	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/realnode"
 )
 
@@ -40,12 +40,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		tools, toolsErr = realnode.Find()
 		if toolsErr == nil {
-			lnvaultBin = filepath.Join(dir, "lnvault")
-			_, file, _, _ := runtime.Caller(0)
-			build := exec.Command("go", "build", "-o", lnvaultBin, "./cmd/lnvault")
-			build.Dir = filepath.Join(filepath.Dir(file), "..")
-			if out, err := build.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "building lnvault: %v\n%s", err, out)
+			if lnvaultBin, err = harness.BuildLnvault(dir); err != nil {
+				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 		}

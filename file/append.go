@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/lnvault/lnvault/internal/crcio"
 	"hash/crc32"
 	"io"
 	"math"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/crcio"
+	"golang.org/x/sys/unix"
 )
 
 func dataStart(format uint32) uint64 {
@@ -34,6 +35,20 @@ func (b *Backend) writable() error {
 		return fmt.Errorf("backup %s: an earlier write failed, so its state on disk is unknown and nothing more is written until it is reopened: %w", b.path, b.broken)
 	}
 	return nil
+}
+
+// ioHint says what to do about a failed write or fsync. A failed fsync is
+// never retried: Linux may have dropped the unwritten pages and a second
+// fsync would report success (PostgreSQL's "fsyncgate"); the backend
+// refuses to write until it is opened again and has re-read the file.
+func ioHint(err error) string {
+	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return " (the disk holding the backup is full: free space there, then start lightningd again)"
+	case errors.Is(err, unix.EIO), errors.Is(err, unix.EROFS):
+		return " (the disk holding the backup failed: check it (dmesg); a failed write or fsync is never retried: start lightningd again once the disk works, the backup is then re-read from disk and verified)"
+	}
+	return ""
 }
 
 // Append stores c after the head and returns once it is durable. Format 2:
@@ -98,7 +113,7 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	}
 	if err != nil {
 		b.broken = err
-		return fmt.Errorf("appending version %d to %s: %w", c.Version, b.path, err)
+		return fmt.Errorf("appending version %d to %s: %w%s", c.Version, b.path, err, ioHint(err))
 	}
 	b.grew(int64(h.endOffset) + n)
 	nh := h
@@ -113,7 +128,7 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	slot, err := b.commitHeader(nh)
 	if err != nil {
 		b.broken = err
-		return fmt.Errorf("appending version %d to %s: %w", c.Version, b.path, err)
+		return fmt.Errorf("appending version %d to %s: %w%s", c.Version, b.path, err, ioHint(err))
 	}
 	b.setHdr(nh, slot)
 	return nil
@@ -313,6 +328,11 @@ func (b *Backend) Rewind(ctx context.Context) error {
 	nh.lastRecordOffset = 0
 	if nh.recordCount > 0 {
 		nh.recordCount--
+	}
+	// The contract (lnvault.Backend): a rewind lowers the count. The
+	// reference leaves it, but only reports it in compaction statistics.
+	if nh.versionCount > 0 {
+		nh.versionCount--
 	}
 	nh.seq++
 	nh.lastChange = time.Now().UnixNano()

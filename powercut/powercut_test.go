@@ -14,9 +14,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -41,12 +39,8 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		lnvaultBin = filepath.Join(dir, "lnvault")
-		_, file, _, _ := runtime.Caller(0)
-		build := exec.Command("go", "build", "-o", lnvaultBin, "./cmd/lnvault")
-		build.Dir = filepath.Join(filepath.Dir(file), "..")
-		if out, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building lnvault: %v\n%s", err, out)
+		if lnvaultBin, err = harness.BuildLnvault(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return m.Run()
@@ -219,31 +213,7 @@ func campaign(t *testing.T, format, n int) {
 	for name, c := range counts {
 		t.Logf("%3d × %s", c, name)
 	}
-	// Every acknowledged change exactly once, nothing else: the restore
-	// equals the node's database, which holds exactly the committed ones.
-	rb, err := lnvault.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatalf("opening the backup after the campaign: %v", err)
-	}
-	defer rb.Close()
-	if m := rb.Metadata(); m.Version != reqs[next-1].DataVersion {
-		t.Fatalf("backup head %d, want %d (the last acknowledged change)", m.Version, reqs[next-1].DataVersion)
-	}
-	dest := filepath.Join(t.TempDir(), "restored.sqlite3")
-	if _, err := restore.Restore(ctx, rb, dest, restore.Options{}); err != nil {
-		t.Fatalf("restore after %d cuts: %v", n, err)
-	}
-	want, err := dumphash.Of(h.NodeDBPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := dumphash.Of(dest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != want {
-		t.Fatalf("after %d cuts the restore differs from the node's database", n)
-	}
+	checkFinal(ctx, t, url, reqs[next-1].DataVersion, h.NodeDBPath())
 	t.Logf("format %d: %d cuts, %d acknowledged changes: 0 lost, 0 duplicated, %d backups failed to open", format, n, acked, failedOpen)
 }
 
@@ -261,4 +231,34 @@ func checkHead(ctx context.Context, url string, reqs []corpus.Request, next int)
 		return nil
 	}
 	return fmt.Errorf("backup head %d, but the last acknowledged change is %d: %w", m.Version, last, errors.New("lost or extra changes"))
+}
+
+// checkFinal: every acknowledged change exactly once, nothing else: the
+// backup's head is the last acknowledged version and its restore equals the
+// node's database, which holds exactly the committed changes.
+func checkFinal(ctx context.Context, t *testing.T, url string, last uint32, nodeDB string) {
+	t.Helper()
+	rb, err := lnvault.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("opening the backup after the campaign: %v", err)
+	}
+	defer rb.Close()
+	if m := rb.Metadata(); m.Version != last {
+		t.Fatalf("backup head %d, want %d (the last acknowledged change)", m.Version, last)
+	}
+	dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+	if _, err := restore.Restore(ctx, rb, dest, restore.Options{}); err != nil {
+		t.Fatalf("restore after the campaign: %v", err)
+	}
+	want, err := dumphash.Of(nodeDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := dumphash.Of(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatal("after the campaign the restore differs from the node's database")
+	}
 }

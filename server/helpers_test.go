@@ -20,6 +20,7 @@ import (
 	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
+	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/socket"
 )
@@ -182,11 +183,7 @@ func lnvaultBinary(t testing.TB) string {
 			binErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "lnvault")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/lnvault/lnvault/cmd/lnvault").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		binPath, binErr = harness.BuildLnvault(dir)
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
