@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -77,11 +78,28 @@ func mount(t *testing.T) *lazyfs.FS {
 	return fs
 }
 
+// cuts is how many cuts a campaign makes: 50, 1000 with LNVAULT_LONG=1, or
+// LNVAULT_CUTS.
 func cuts() int {
+	if n, err := strconv.Atoi(os.Getenv("LNVAULT_CUTS")); err == nil && n > 0 {
+		return n
+	}
 	if os.Getenv("LNVAULT_LONG") == "1" {
 		return 1000
 	}
 	return 50
+}
+
+// workload is what lightningd sends during a campaign of n cuts: the real
+// corpus, then, when n cuts need more changes than it holds (at most 15 a
+// cut), CLN-shaped datastore writes that carry on from its last version.
+func workload(n int) []corpus.Request {
+	reqs := corpus.MustLoad()
+	if need := n*15 + 100; need > len(reqs) {
+		last := reqs[len(reqs)-1].DataVersion
+		reqs = append(reqs, harness.Synthetic(last+1, need-len(reqs), 400, false, 1)...)
+	}
+	return reqs
 }
 
 // fault is one way the power goes.
@@ -141,7 +159,7 @@ func campaign(t *testing.T, format, n int) {
 	if err := backupplugin.WriteLock(h.NetDir(), backupplugin.Lock{BackendURL: url}); err != nil {
 		t.Fatal(err)
 	}
-	reqs := corpus.MustLoad()
+	reqs := workload(n)
 	next := 0 // the next request lightningd sends: everything before is committed
 	write := func(what string) error {
 		r := reqs[next]
@@ -156,7 +174,8 @@ func campaign(t *testing.T, format, n int) {
 	}
 	counts := map[string]int{}
 	acked, failedOpen := 0, 0
-	for cut := 0; cut < n && next < len(reqs)-40; cut++ {
+	cut := 0
+	for ; cut < n && next < len(reqs)-40; cut++ {
 		for k := 1 + rng.IntN(12); k > 0; k-- {
 			if err := write("w"); err != nil {
 				t.Fatalf("cut %d: an append with the power on failed: %v; logs %v", cut, err, h.Logs())
@@ -206,6 +225,9 @@ func campaign(t *testing.T, format, n int) {
 			t.Fatalf("cut %d (%s): the first write after the cut failed: %v; logs %v", cut, f.name, err, h.Logs())
 		}
 		acked++
+	}
+	if cut < n {
+		t.Fatalf("the workload ran out after %d of %d cuts", cut, n)
 	}
 	if _, err := h.Stop(ctx); err != nil {
 		t.Fatal(err)

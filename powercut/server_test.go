@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault/backupplugin"
-	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
 )
 
@@ -123,7 +122,7 @@ func TestPowerCutsServerStore(t *testing.T) {
 	if err := h.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reqs := corpus.MustLoad()
+	reqs := workload(n)
 	next := 0
 	// write sends the next db_write; done yields its outcome after the
 	// harness committed it to the node database (an acknowledged change).
@@ -145,7 +144,8 @@ func TestPowerCutsServerStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for cut := 0; cut < n && next < len(reqs)-40; cut++ {
+	cut := 0
+	for ; cut < n && next < len(reqs)-40; cut++ {
 		for k := 1 + rng.IntN(12); k > 0; k-- {
 			if err := <-write("w"); err != nil {
 				t.Fatalf("cut %d: an append with the power on failed: %v; server: %s", cut, err, srv.tail())
@@ -226,6 +226,9 @@ func TestPowerCutsServerStore(t *testing.T) {
 		}
 		next++
 		acked++
+	}
+	if cut < n {
+		t.Fatalf("the workload ran out after %d of %d cuts", cut, n)
 	}
 	if _, err := h.Stop(ctx); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func TestConformance(t *testing.T) {
 		return backendtest.Subject{Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
 			if !o.ReadOnly {
 				if opened {
-					restartServer(t, ts)
+					restartServer(t, ts, nil)
 				}
 				opened = true
 			}
@@ -33,13 +33,18 @@ func TestConformance(t *testing.T) {
 }
 
 // restartServer stops ts and serves its backup file again on the same
-// address, as a restarted `lnvault server` would.
-func restartServer(t *testing.T, ts *testServer) {
+// address, as a restarted `lnvault server` would; wrap, if not nil, wraps
+// the reopened store.
+func restartServer(t *testing.T, ts *testServer, wrap func(lnvault.Backend) lnvault.Backend) {
 	t.Helper()
 	ts.stop(t)
+	var b lnvault.Backend
 	b, err := lnvault.Open(context.Background(), ts.fileURL, lnvault.OpenOptions{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("reopening the server's store: %v", err)
+	}
+	if wrap != nil {
+		b = wrap(b)
 	}
 	var ln net.Listener
 	for try := 0; ; try++ {

@@ -63,6 +63,16 @@ type Server struct {
 	log   *slog.Logger
 	m     *metrics
 
+	// appendMu is held while a change or rewind is stored: REQ_METADATA
+	// waits for it, so that a writer reconnecting after a timeout sees
+	// the change its old connection is still storing, and does not resend
+	// it.
+	appendMu sync.Mutex
+	// last is the head change as this process stored it (nil after a
+	// rewind or a start): a byte-identical repeat is a resend, not a
+	// migration's repeated version.
+	last *lnvault.Change
+
 	mu         sync.Mutex
 	writer     *conn // the connection allowed to modify the backup
 	compacting bool
@@ -355,6 +365,13 @@ func (s *Server) claimWriter(c *conn) bool {
 	return s.writer == c
 }
 
+// isResend tells whether ch repeats the head change byte for byte: a client
+// that did not see its ACK sends it again.
+func (s *Server) isResend(ch *lnvault.Change) bool {
+	l := s.last
+	return l != nil && ch.Kind == lnvault.KindTransaction && l.Kind == ch.Kind && l.Version == ch.Version && slices.Equal(l.Statements, ch.Statements)
+}
+
 func (c *conn) send(f func(w *wire.Writer) error) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -382,13 +399,27 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 			s.m.receivedChange.Inc()
 		}
 		s.m.bytes.Add(float64(p.Len) + wire.HeaderLen)
+		s.appendMu.Lock()
 		if !s.claimWriter(c) {
+			s.appendMu.Unlock()
 			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup")
 		}
+		if s.isResend(p.Change) {
+			s.appendMu.Unlock()
+			log.Info("a resend of the head change: acknowledged again, not stored twice", "version", p.Version)
+			return c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeAck, p.Version) })
+		}
 		if err := lnvault.CheckNext(s.b.Metadata(), p.Version, p.Change.Kind); err != nil {
+			s.appendMu.Unlock()
 			return c.nack("version", log, "version", p.Version, "err", err)
 		}
-		if err := s.b.Append(s.ctx, p.Change); err != nil {
+		err := s.b.Append(s.ctx, p.Change)
+		s.last = nil
+		if err == nil && p.Change.Kind == lnvault.KindTransaction {
+			s.last = &lnvault.Change{Version: p.Version, Kind: p.Change.Kind, Statements: slices.Clone(p.Change.Statements)}
+		}
+		s.appendMu.Unlock()
+		if err != nil {
 			log.Error("storing change failed", "version", p.Version, "err", err)
 			return c.nack("store_failed", log, "version", p.Version)
 		}
@@ -403,18 +434,25 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		if !s.claimWriter(c) {
 			return c.nack("second_writer", log, "rewind_to", p.Version)
 		}
+		s.appendMu.Lock()
 		m := s.b.Metadata()
 		if m.VersionCount == 0 || p.Version != m.PrevVersion {
+			s.appendMu.Unlock()
 			return c.nack("rewind", log, "rewind_to", p.Version, "prev_version", m.PrevVersion)
 		}
-		if err := s.b.Rewind(s.ctx); err != nil {
+		err := s.b.Rewind(s.ctx)
+		s.last = nil
+		s.appendMu.Unlock()
+		if err != nil {
 			log.Error("rewind failed", "err", err)
 			return c.nack("rewind", log, "rewind_to", p.Version)
 		}
 		log.Info("rewound", "version", s.head())
 		return c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeAck, s.head()) })
 	case wire.TypeReqMetadata:
+		s.appendMu.Lock() // after any change being stored
 		m := s.b.Metadata()
+		s.appendMu.Unlock()
 		return c.send(func(w *wire.Writer) error { return w.WriteMetadata(m) })
 	case wire.TypeRestore:
 		return c.restore(log)

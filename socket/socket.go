@@ -261,9 +261,9 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 			return err
 		}
 		if p.Type == wire.TypeNack && p.HasVersion && p.Version == base.Version && lnvault.CheckNext(base, c.Version, c.Kind) == nil {
-			// The change follows the server's head: not another writer, not
-			// a version mismatch, but the server failing to store it.
-			return fmt.Errorf("%w: %s although it follows the server's head (version %d): the server could not store it (its disk failed or is full?); see the server's log", ErrRefused, what, p.Version)
+			// The change follows the server's head: not a version
+			// mismatch, so another writer or the server's storage.
+			return fmt.Errorf("%w: %s although it follows the server's head (version %d): another node, or an old connection of this one, holds the writer role, or the server could not store it (its disk failed or is full?); see the server's log", ErrRefused, what, p.Version)
 		}
 		return b.expectAck(p, what, c.Version)
 	})
