@@ -21,6 +21,7 @@ import (
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/restore"
+	_ "github.com/lnvault/lnvault/socket"
 )
 
 var lnvaultBin string

@@ -4,79 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/internal/harness"
 )
-
-// serverProc is `lnvault server` storing on the LazyFS mount.
-type serverProc struct {
-	t      *testing.T
-	url    string // its store
-	addr   string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	log    *os.File
-}
-
-func (s *serverProc) start(create bool) {
-	s.t.Helper()
-	args := []string{"server", "--scb", "none", s.url, s.addr}
-	if create {
-		args = append(args[:1], append([]string{"--create"}, args[1:]...)...)
-	}
-	s.cmd = exec.Command(lnvaultBin, args...)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	s.exited = exited
-	cmd := s.cmd
-	go func() { cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-exited:
-			s.t.Fatalf("lnvault server exited at its start: %s", s.tail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("lnvault server does not listen on %s: %s", s.addr, s.tail())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// kill is the power cut for the server's process: nothing after it runs.
-func (s *serverProc) kill() {
-	if s.cmd != nil {
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-}
-
-func (s *serverProc) tail() string {
-	b, _ := os.ReadFile(s.log.Name())
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 8 {
-		lines = lines[len(lines)-8:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // TestPowerCutsServerStore cuts the power under `lnvault server`'s store
 // while the real plugin, as lightningd drives it, backs up to it over
@@ -93,21 +27,9 @@ func TestPowerCutsServerStore(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 11))
 	t.Logf("seed %d, %d cuts", seed, n)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	logf, err := os.Create(filepath.Join(t.TempDir(), "server.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	path := filepath.Join(fs.Mnt, "store.dbak")
-	srv := &serverProc{t: t, url: "file://" + path, addr: addr, log: logf}
-	srv.start(true)
-	defer srv.kill()
+	srv := harness.NewServerProc(t, lnvaultBin, "file://"+path)
+	srv.Start(true)
 
 	h, err := harness.New(harness.Config{Bin: lnvaultBin, Dir: filepath.Join(t.TempDir(), "node")})
 	if err != nil {
@@ -115,7 +37,7 @@ func TestPowerCutsServerStore(t *testing.T) {
 	}
 	defer h.Close()
 	// Quick retries: the server is back within a second of a cut.
-	url := "socket:" + addr + "?retry_delay=100ms&retries=40"
+	url := "socket:" + srv.Addr + "?retry_delay=100ms&retries=40"
 	if err := backupplugin.WriteLock(h.NetDir(), backupplugin.Lock{BackendURL: url}); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +70,7 @@ func TestPowerCutsServerStore(t *testing.T) {
 	for ; cut < n && next < len(reqs)-40; cut++ {
 		for k := 1 + rng.IntN(12); k > 0; k-- {
 			if err := <-write("w"); err != nil {
-				t.Fatalf("cut %d: an append with the power on failed: %v; server: %s", cut, err, srv.tail())
+				t.Fatalf("cut %d: an append with the power on failed: %v; server: %s", cut, err, srv.Tail())
 			}
 			next++
 			acked++
@@ -160,13 +82,13 @@ func TestPowerCutsServerStore(t *testing.T) {
 			name = "cut during an append (clear unsynced data)"
 			inflight = write("m")
 			time.Sleep(time.Duration(rng.IntN(600)) * time.Microsecond)
-			srv.kill()
+			srv.Kill()
 			if err := fs.ClearCache(); err != nil {
 				t.Fatal(err)
 			}
 		case 1:
 			name = "cut between appends (clear unsynced data)"
-			srv.kill()
+			srv.Kill()
 			if err := fs.ClearCache(); err != nil {
 				t.Fatal(err)
 			}
@@ -177,7 +99,7 @@ func TestPowerCutsServerStore(t *testing.T) {
 			}
 			inflight = write("f")
 			fs.WaitCrashed(5 * time.Second)
-			srv.kill()
+			srv.Kill()
 		default:
 			name = "torn: only the first write of the append"
 			persist := 1
@@ -189,7 +111,7 @@ func TestPowerCutsServerStore(t *testing.T) {
 			}
 			inflight = write("t")
 			fs.WaitCrashed(5 * time.Second)
-			srv.kill()
+			srv.Kill()
 		}
 		counts[name]++
 		if err := fs.Remount(); err != nil {
@@ -197,10 +119,10 @@ func TestPowerCutsServerStore(t *testing.T) {
 		}
 		// The store opens and holds every acknowledged change (and at
 		// most the one in flight).
-		if err := checkHead(ctx, srv.url, reqs, next); err != nil {
+		if err := checkHead(ctx, srv.URL, reqs, next); err != nil {
 			t.Fatalf("cut %d (%s): %v", cut, name, err)
 		}
-		srv.start(false)
+		srv.Start(false)
 		if inflight != nil {
 			// The plugin reconnects: it finds its change stored, or the
 			// server lost it unacknowledged and it sends it again.
@@ -218,11 +140,11 @@ func TestPowerCutsServerStore(t *testing.T) {
 					restartPlugin()
 				}
 			case <-time.After(2 * time.Minute):
-				t.Fatalf("cut %d (%s): the in-flight write is still unanswered; server: %s", cut, name, srv.tail())
+				t.Fatalf("cut %d (%s): the in-flight write is still unanswered; server: %s", cut, name, srv.Tail())
 			}
 		}
 		if err := <-write("r"); err != nil {
-			t.Fatalf("cut %d (%s): the first write after the cut failed: %v; logs %v; server: %s", cut, name, err, h.Logs(), srv.tail())
+			t.Fatalf("cut %d (%s): the first write after the cut failed: %v; logs %v; server: %s", cut, name, err, h.Logs(), srv.Tail())
 		}
 		next++
 		acked++
@@ -233,10 +155,10 @@ func TestPowerCutsServerStore(t *testing.T) {
 	if _, err := h.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv.kill()
+	srv.Kill()
 	for name, c := range counts {
 		t.Logf("%3d × %s", c, name)
 	}
-	checkFinal(ctx, t, srv.url, reqs[next-1].DataVersion, h.NodeDBPath())
+	checkFinal(ctx, t, srv.URL, reqs[next-1].DataVersion, h.NodeDBPath())
 	t.Logf("server store: %d cuts, %d acknowledged changes (%d of them in flight at a cut, completed after the server came back; %d in-flight writes answered with an error): 0 lost, 0 duplicated, 0 stores failed to open", n, acked, resent, failed)
 }

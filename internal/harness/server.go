@@ -1,0 +1,100 @@
+package harness
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ServerProc is a real `lnvault server` process serving the store at URL on
+// Addr (127.0.0.1), for tests that cut its power or fail its disk.
+type ServerProc struct {
+	t      testing.TB
+	bin    string
+	URL    string
+	Addr   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    *os.File
+}
+
+// NewServerProc prepares a server of the store at url on a free loopback
+// port; Start runs it.
+func NewServerProc(t testing.TB, bin, url string) *ServerProc {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "server.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &ServerProc{t: t, bin: bin, URL: url, Addr: addr, log: logf}
+	t.Cleanup(func() {
+		s.Kill()
+		logf.Close()
+	})
+	return s
+}
+
+// Start starts the server (with --create, creating the store) and waits
+// until it accepts connections.
+func (s *ServerProc) Start(create bool) {
+	s.t.Helper()
+	args := []string{"server", "--scb", "none"}
+	if create {
+		args = append(args, "--create")
+	}
+	s.cmd = exec.Command(s.bin, append(args, s.URL, s.Addr)...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	s.exited = exited
+	cmd := s.cmd
+	go func() { cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-exited:
+			s.t.Fatalf("lnvault server exited at its start: %s", s.Tail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("lnvault server does not listen on %s: %s", s.Addr, s.Tail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill kills the server: nothing after it runs, as in a power cut.
+func (s *ServerProc) Kill() {
+	if s.cmd != nil {
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+	s.cmd = nil
+}
+
+// Tail returns the last lines the server logged.
+func (s *ServerProc) Tail() string {
+	b, _ := os.ReadFile(s.log.Name())
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
+	}
+	return strings.Join(lines, "\n")
+}
