@@ -30,7 +30,7 @@ func newMetrics(s *Server) *metrics {
 			Name: "lnvault_server_received_bytes_total", Help: "Bytes of CHANGE and SNAPSHOT packets received (compressed, as on the wire).",
 		}),
 		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "lnvault_server_ack_latency_seconds", Help: "From a change fully received to its ACK sent (storing it durably included).",
+			Name: "lnvault_server_ack_latency_seconds", Help: "From a change fully received until its ACK is sent (storing it durably included).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{

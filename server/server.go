@@ -423,10 +423,12 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 			log.Error("storing change failed", "version", p.Version, "err", err)
 			return c.nack("store_failed", log, "version", p.Version)
 		}
+		// Observed before the ACK goes out: a client that has its ACK
+		// then finds the metric counted.
+		s.m.ackLatency.Observe(time.Since(start).Seconds())
 		if err := c.send(func(w *wire.Writer) error { return w.WriteVersion(wire.TypeAck, p.Version) }); err != nil {
 			return err
 		}
-		s.m.ackLatency.Observe(time.Since(start).Seconds())
 		if log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would be allocated for nothing
 			log.Debug("stored", "kind", kind, "version", p.Version)
 		}
