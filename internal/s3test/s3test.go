@@ -121,10 +121,12 @@ func StartServer(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		var logs strings.Builder
+		// One writer for both streams: two would each lock their own mutex
+		// around the same builder.
+		logs := &syncWriter{w: &strings.Builder{}}
 		cmd := exec.Command(bin, "--access", AccessKey, "--secret", SecretKey, "--region", Region,
 			"--port", addr, "--quiet", "posix", dir)
-		cmd.Stdout, cmd.Stderr = &syncWriter{w: &logs}, &syncWriter{w: &logs}
+		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("s3test: starting %s: %v", bin, err)
 		}
@@ -155,6 +157,12 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
 }
 
 func waitReady(endpoint string, exited <-chan error) error {
