@@ -27,20 +27,7 @@ import (
 var lnvaultBin string
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		dir, err := os.MkdirTemp("", "lnv-io-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		if lnvaultBin, err = harness.BuildLnvault(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunWithLnvault(m, "lnv-io-", &lnvaultBin))
 }
 
 // need fails under CI=true and skips elsewhere, naming what is missing.

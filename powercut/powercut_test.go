@@ -33,20 +33,7 @@ import (
 var lnvaultBin string
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		dir, err := os.MkdirTemp("", "lnv-pc-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		if lnvaultBin, err = harness.BuildLnvault(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunWithLnvault(m, "lnv-pc-", &lnvaultBin))
 }
 
 // mount mounts LazyFS for a test; without it the test fails under CI and is

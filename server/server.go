@@ -416,7 +416,7 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		err := s.b.Append(s.ctx, p.Change)
 		s.last = nil
 		if err == nil && p.Change.Kind == lnvault.KindTransaction {
-			s.last = &lnvault.Change{Version: p.Version, Kind: p.Change.Kind, Statements: slices.Clone(p.Change.Statements)}
+			s.last = p.Change // the wire reader allocates each packet's statements afresh
 		}
 		s.appendMu.Unlock()
 		if err != nil {

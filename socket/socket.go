@@ -549,7 +549,7 @@ func (c *idleConn) Read(p []byte) (int, error) {
 // keeps doing so.
 func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
 	if b.oneConn.Load() {
-		return b.streamOnWriter(ctx, from, fn)
+		return b.streamInPlace(ctx, from, fn)
 	}
 	conn, err := b.dial(ctx)
 	if err != nil {
@@ -568,22 +568,21 @@ func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Chan
 		b.oneConn.Store(true)
 		b.log.Info("the backup server serves one connection at a time: the writer streams on its own connection", "server", b.cfg.Addr())
 		conn.Close()
-		return b.streamOnWriter(ctx, from, fn)
+		return b.streamInPlace(ctx, from, fn)
 	}
 	return err
 }
 
-// streamOnWriter streams in place of the handle's connection: it closes it
+// streamInPlace streams in place of the handle's connection: it closes it
 // and streams on a new one (the next request reconnects and checks the
-// server's head).
-func (b *Backend) streamOnWriter(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+// server's head). A one-connection server takes the new connection only
+// once the old one is gone.
+func (b *Backend) streamInPlace(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return errors.New("socket backend is closed")
 	}
-	// A server serving one connection at a time takes the next only when
-	// this one is gone: reconnect instead of reusing it.
 	b.dropLocked()
 	conn, err := b.dial(ctx)
 	if err != nil {
