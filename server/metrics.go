@@ -18,6 +18,7 @@ type metrics struct {
 	connections                      prometheus.Gauge
 	connectionsTotal                 prometheus.Counter
 	refusals                         *prometheus.CounterVec
+	takeovers                        prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -42,6 +43,9 @@ func newMetrics(s *Server) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lnvault_server_refusals_total", Help: "Requests refused with a NACK, or connections closed for a bad packet, by reason.",
 		}, []string{"reason"}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lnvault_server_writer_takeovers_total", Help: "Writer connections taken over by a new connection of the same client (the old one was half-open).",
+		}),
 	}
 	m.receivedChange = m.received.WithLabelValues("change")
 	m.receivedSnapshot = m.received.WithLabelValues("snapshot")
@@ -62,6 +66,6 @@ func newMetrics(s *Server) *metrics {
 		}
 		return float64(st.Size)
 	})
-	m.reg.MustRegister(m.received, m.bytes, m.ackLatency, m.connections, m.connectionsTotal, m.refusals, version, count, size)
+	m.reg.MustRegister(m.received, m.bytes, m.ackLatency, m.connections, m.connectionsTotal, m.refusals, m.takeovers, version, count, size)
 	return m
 }

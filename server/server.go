@@ -281,6 +281,9 @@ type conn struct {
 	// compactAside: the client asked for FeatureCompact, so its COMPACT
 	// does not need (nor take) the writer role.
 	compactAside bool
+	// token names the client process behind the connection (HELLO's
+	// writer feature), "" when it gave none.
+	token string
 }
 
 // interrupt unblocks a connection waiting for its next request; one busy
@@ -354,13 +357,23 @@ func (c *conn) serve() {
 // head is the backup's current head version, sent in ACK and NACK.
 func (s *Server) head() uint32 { return s.b.Metadata().Version }
 
-// claimWriter makes c the writer if there is none.
+// claimWriter makes c the writer if there is none, or if the writer's
+// connection belongs to the same client process as c (same writer token):
+// that client left the old connection (it timed out on it and reconnected),
+// which is half-open when the server has not seen it close.
 func (s *Server) claimWriter(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.writer == nil {
+	switch old := s.writer; {
+	case old == nil:
 		s.writer = c
 		s.log.Info("writer connected", "remote", c.remote)
+	case old != c && c.token != "" && old.token == c.token:
+		s.writer = c
+		old.nc.Close() // its client has left it; its handler ends on the read error
+		s.m.takeovers.Inc()
+		s.log.Warn("the writer reconnected before its old connection closed: the new connection takes over (the old one was left half-open by a network fault)",
+			"remote", c.remote, "old_remote", old.remote)
 	}
 	return s.writer == c
 }
@@ -546,11 +559,12 @@ func (c *conn) handleExt(p wire.Packet, log *slog.Logger) error {
 	s := c.s
 	st := s.cfg.SCB
 	if p.Type == wire.TypeHello {
-		features := []string{wire.FeatureCompact}
+		features := []string{wire.FeatureCompact, wire.FeatureTakeover}
 		if st != nil {
 			features = append(features, wire.FeatureSCB)
 		}
 		c.compactAside = slices.Contains(p.Features, wire.FeatureCompact)
+		c.token = wire.WriterToken(p.Features)
 		log.Debug("extension hello", "client_features", p.Features, "features", features)
 		return c.send(func(w *wire.Writer) error { return w.WriteFeatures(wire.TypeFeatures, features) })
 	}

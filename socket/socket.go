@@ -6,6 +6,7 @@ package socket
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lnvault/lnvault"
@@ -52,6 +54,11 @@ type Backend struct {
 	// oneConn: the server serves one connection at a time (streams go in
 	// place of this handle's connection).
 	oneConn atomic.Bool
+	// token names this handle to the server as a writer (HELLO), so that
+	// its reconnection takes the writer role over from its old connection
+	// when that one is half-open. noHello: the server takes no HELLO.
+	token   [8]byte
+	noHello bool
 
 	metaMu sync.Mutex
 	meta   lnvault.Metadata
@@ -68,6 +75,8 @@ func Open(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (*Backen
 		return nil, err
 	}
 	b := &Backend{url: rawURL, cfg: cfg, opts: opts, log: opts.Log().With("backend", "socket", "server", cfg.Addr())}
+	rand.Read(b.token[:])
+	b.noHello = opts.ReadOnly // only a writer needs to be told apart
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	m, err := b.connectLocked(ctx)
@@ -127,8 +136,27 @@ func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
 	return c, nil
 }
 
-// connectLocked dials and exchanges REQ_METADATA.
+// connectLocked dials and exchanges REQ_METADATA (after HELLO naming this
+// writer, unless the server takes no HELLO).
 func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
+	m, err := b.dialLocked(ctx, !b.noHello)
+	var ce *helloClosedError
+	if errors.As(err, &ce) {
+		// A reference server closes the connection on HELLO: it is
+		// spoken to as the reference client does from now on.
+		b.noHello = true
+		b.log.Info("the backup server takes no HELLO (a reference server): if this client's connection goes half-open, its reconnection is refused as a second writer until the server's TCP keepalive closes the old one", "why", ce.err)
+		m, err = b.dialLocked(ctx, false)
+	}
+	return m, err
+}
+
+// helloClosedError: the server closed the connection on HELLO.
+type helloClosedError struct{ err error }
+
+func (e *helloClosedError) Error() string { return "connection closed on HELLO: " + e.err.Error() }
+
+func (b *Backend) dialLocked(ctx context.Context, hello bool) (lnvault.Metadata, error) {
 	b.dropLocked()
 	c, err := b.dial(ctx)
 	if err != nil {
@@ -150,7 +178,12 @@ func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 	} else {
 		b.wr.Reset(c)
 	}
-	m, err := b.requestMetadataLocked(ctx)
+	var m lnvault.Metadata
+	if hello {
+		m, err = b.helloMetadataLocked(ctx)
+	} else {
+		m, err = b.requestMetadataLocked(ctx)
+	}
 	if err != nil {
 		b.dropLocked()
 		return m, err
@@ -171,6 +204,10 @@ func (b *Backend) requestMetadataLocked(ctx context.Context) (lnvault.Metadata, 
 	if err != nil {
 		return lnvault.Metadata{}, err
 	}
+	return b.metadataAnswer(p)
+}
+
+func (b *Backend) metadataAnswer(p wire.Packet) (lnvault.Metadata, error) {
 	if p.Type != wire.TypeMetadata {
 		return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
 	}
@@ -178,6 +215,45 @@ func (b *Backend) requestMetadataLocked(ctx context.Context) (lnvault.Metadata, 
 		return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s speaks protocol %d, lnvault speaks %d", b.cfg.Addr(), p.Protocol, wire.Protocol)}
 	}
 	return p.Meta, nil
+}
+
+// helloMetadataLocked sends HELLO naming this writer and REQ_METADATA, and
+// reads the answers: an lnvault server sends FEATURES then METADATA; a
+// server without the extension NACKs HELLO or skips it, then sends METADATA
+// (it is not sent HELLO again); a reference server closes the connection
+// (*helloClosedError).
+func (b *Backend) helloMetadataLocked(ctx context.Context) (lnvault.Metadata, error) {
+	what := op{name: "REQ_METADATA"} // sent with HELLO
+	p, err := b.roundTrip(ctx, b.cfg.Timeout, what, func() error {
+		if err := b.wr.WriteFeatures(wire.TypeHello, []string{wire.WriterFeature(b.token)}); err != nil {
+			return err
+		}
+		return b.wr.WriteEmpty(wire.TypeReqMetadata)
+	})
+	if err != nil {
+		var ne *netError
+		if errors.As(err, &ne) && ctx.Err() == nil && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+			return lnvault.Metadata{}, &helloClosedError{err}
+		}
+		return lnvault.Metadata{}, err
+	}
+	if p.Type != wire.TypeMetadata {
+		if p.Type != wire.TypeFeatures {
+			b.noHello = true
+		}
+		if p.Type != wire.TypeFeatures && p.Type != wire.TypeNack {
+			return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s answered HELLO with %v", b.cfg.Addr(), p.Type)}
+		}
+		if p, err = b.rd.Next(); err != nil {
+			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
+				return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with a bad packet: %v", b.cfg.Addr(), err)}
+			}
+			return lnvault.Metadata{}, b.netErr(ctx, op{name: "REQ_METADATA"}, "waiting for the answer to", b.cfg.Timeout, err)
+		}
+	} else {
+		b.noHello = true // it skipped HELLO
+	}
+	return b.metadataAnswer(p)
 }
 
 // protocolError: the server answered, but not as the protocol says. Not

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,6 +33,29 @@ const FeatureSCB = "scb"
 // its appends go on over the first (COMPACT blocks the connection it is sent
 // on until COMPACT_RES).
 const FeatureCompact = "compact"
+
+// FeatureTakeover: the server hands the writer role to a new connection
+// naming the same writer token as the writer's connection (see
+// WriterTokenPrefix).
+const FeatureTakeover = "takeover"
+
+// WriterTokenPrefix starts the HELLO feature that names a writer: the
+// prefix and 16 lowercase hex digits.
+const WriterTokenPrefix = "writer."
+
+// WriterFeature is the HELLO feature naming writer token tok.
+func WriterFeature(tok [8]byte) string { return WriterTokenPrefix + hex.EncodeToString(tok[:]) }
+
+// WriterToken is the writer token named among a HELLO's features, "" when
+// none is.
+func WriterToken(features []string) string {
+	for _, f := range features {
+		if t, ok := strings.CutPrefix(f, WriterTokenPrefix); ok && len(t) == 16 {
+			return t
+		}
+	}
+	return ""
+}
 
 const (
 	// DefaultMaxSCB bounds an SCB envelope (SCB_PUT, SCB_DATA) and one

@@ -42,6 +42,13 @@
 //     such a second connection, so its appends on the first are not held
 //     until COMPACT_RES; with a reference server it falls back to COMPACT on
 //     the writer's connection, as the reference client does.
+//   - "takeover": a writer's connection may name its writer with a HELLO
+//     feature "writer.<16 hex digits>", random per client process. When
+//     the writer's connection goes half-open (a NAT or a link that dropped
+//     it without a FIN), the same client reconnecting with the same token
+//     takes the writer role over at once instead of being refused as a
+//     second writer until TCP keepalive gives up on the old connection;
+//     a different writer is refused as before.
 package wire
 
 import (
