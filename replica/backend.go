@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -35,6 +36,8 @@ type Backend struct {
 	par        int
 	closeStore func() error
 	lease      *leaseHolder
+	// compactMu: one compaction at a time; it is not held by appends.
+	compactMu sync.Mutex
 
 	mu       sync.Mutex
 	gen      string // current generation; "" until the first write
@@ -44,6 +47,10 @@ type Backend struct {
 	rewound  bool
 	lastTime time.Time
 	closed   bool
+	// unsure: a write failed, and may have been stored all the same (an
+	// object store answering 500 after storing the object): the head is
+	// reloaded from the store before the next write.
+	unsure bool
 }
 
 var (
@@ -199,6 +206,35 @@ func (b *Backend) ensureGeneration(ctx context.Context) error {
 	return nil
 }
 
+// Reload reads the head from the store again.
+func (b *Backend) Reload(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.reloadLocked(ctx)
+}
+
+func (b *Backend) reloadLocked(ctx context.Context) error {
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the head of %s again: %w", b.client, err)
+	}
+	if g := inv.Latest(); g != nil {
+		gen, md, head := b.gen, b.md, b.head
+		if err := b.loadHead(ctx, g); err != nil {
+			return err
+		}
+		if b.head == nil && b.gen == gen && b.md == md {
+			// A snapshot head names no statements; the head this
+			// process stored does, and it is still the head.
+			b.head = head
+		}
+	} else {
+		b.gen, b.md, b.head, b.headSeg, b.rewound = "", lnvault.Metadata{}, nil, nil, false
+	}
+	b.unsure = false
+	return nil
+}
+
 // Append stores c as a one-change segment; it returns when the PUT completed.
 func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	b.mu.Lock()
@@ -213,10 +249,25 @@ func (b *Backend) AppendBatch(ctx context.Context, cs []*lnvault.Change) error {
 	return b.appendLocked(ctx, cs)
 }
 
-func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error {
+func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) (err error) {
 	if err := b.writable(ctx); err != nil {
 		return err
 	}
+	if b.unsure {
+		before := b.md
+		if err := b.reloadLocked(ctx); err != nil {
+			return err
+		}
+		if b.md != before && b.holds(before, cs) {
+			b.log.Info("replica: the changes whose upload failed were stored all the same", "replica", b.client.String(), "version", b.md.Version)
+			return nil
+		}
+	}
+	defer func() {
+		if err != nil {
+			b.unsure = true
+		}
+	}()
 	md := b.md
 	for _, c := range cs {
 		if err := lnvault.CheckNext(md, c.Version, c.Kind); err != nil {
@@ -249,6 +300,20 @@ func (b *Backend) appendLocked(ctx context.Context, cs []*lnvault.Change) error 
 		cs = cs[n:]
 	}
 	return nil
+}
+
+// holds tells whether the head is cs appended after before: their upload
+// failed, yet stored them.
+func (b *Backend) holds(before lnvault.Metadata, cs []*lnvault.Change) bool {
+	last := cs[len(cs)-1]
+	if b.md.VersionCount != before.VersionCount+uint64(len(cs)) || b.md.Version != last.Version {
+		return false
+	}
+	if last.Kind == lnvault.KindTransaction {
+		h := b.head
+		return h != nil && h.Kind == last.Kind && slices.Equal(h.Statements, last.Statements)
+	}
+	return b.head == nil
 }
 
 func (b *Backend) appendSegment(ctx context.Context, cs []*lnvault.Change) error {
@@ -313,12 +378,22 @@ func (b *Backend) writeSnapshotFromFile(ctx context.Context, gen, path string, i
 // just that change (what Append writes), else it starts a new generation
 // whose snapshot is the state before the change, so that no restore can ever
 // replay the rewound change.
-func (b *Backend) Rewind(ctx context.Context) error {
+func (b *Backend) Rewind(ctx context.Context) (err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.writable(ctx); err != nil {
 		return err
 	}
+	if b.unsure {
+		if err := b.reloadLocked(ctx); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		if err != nil {
+			b.unsure = true
+		}
+	}()
 	if b.rewound {
 		return lnvault.ErrRewindTwice
 	}
@@ -451,6 +526,7 @@ func (b *Backend) newGenerationFromFile(ctx context.Context, path string, idx ui
 	gen := NewGenerationID(append(gens, b.gen), time.Now())
 	info, err := b.writeSnapshotFromFile(ctx, gen, path, idx, v, prev)
 	if err != nil {
+		b.unsure = true
 		return err
 	}
 	b.log.Info("replica: new generation", "replica", b.client.String(), "generation", gen, "version", v)
@@ -801,7 +877,9 @@ func (b *Backend) latest(ctx context.Context) (*Generation, uint64, error) {
 }
 
 // VersionAt returns the last version stored at or before t in the latest
-// generation, from the creation times in the object names.
+// generation, from the creation times in the objects' headers (this host's
+// clock when it wrote them, not the store's): a binary search over the
+// segments, which are created in index order, and every snapshot's.
 func (b *Backend) VersionAt(ctx context.Context, t time.Time) (uint32, error) {
 	g, _, err := b.latest(ctx)
 	if err != nil {
@@ -813,13 +891,28 @@ func (b *Backend) VersionAt(ctx context.Context, t time.Time) (uint32, error) {
 	var best uint64
 	var v uint32
 	found := false
-	for _, s := range g.Segments {
-		if !s.Created.After(t) && (!found || s.LastIndex > best) {
-			best, v, found = s.LastIndex, s.LastVersion, true
+	var searchErr error
+	after := sort.Search(len(g.Segments), func(i int) bool {
+		if searchErr != nil {
+			return true
 		}
+		h, err := b.client.ReadSegmentHeader(ctx, g.Segments[i])
+		searchErr = err
+		return err != nil || h.Created.After(t)
+	})
+	if searchErr != nil {
+		return 0, searchErr
+	}
+	if after > 0 {
+		s := g.Segments[after-1]
+		best, v, found = s.LastIndex, s.LastVersion, true
 	}
 	for _, s := range g.Snapshots {
-		if !s.Created.After(t) && (!found || s.Index > best) {
+		h, err := b.client.ReadSnapshotHeader(ctx, s)
+		if err != nil {
+			return 0, err
+		}
+		if !h.Created.After(t) && (!found || s.Index > best) {
 			best, v, found = s.Index, s.Version, true
 		}
 	}
@@ -832,11 +925,20 @@ func (b *Backend) VersionAt(ctx context.Context, t time.Time) (uint32, error) {
 
 // Compact writes a snapshot of the state before the head change (so the head
 // can still be rewound), then applies retention.
+//
+// Appends go on meanwhile: the write lock is held only to read the head.
+// The snapshot covers an index before the head, which appends never change
+// and a rewind (one at a time, each followed by an append before the next)
+// never reaches; retention deletes only what a kept snapshot covers.
 func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.compactMu.Lock()
+	defer b.compactMu.Unlock()
 	var st lnvault.CompactStats
-	if err := b.writable(ctx); err != nil {
+	b.mu.Lock()
+	err := b.writable(ctx)
+	gen, md := b.gen, b.md
+	b.mu.Unlock()
+	if err != nil {
 		return st, err
 	}
 	inv, err := b.client.Inventory(ctx)
@@ -844,9 +946,9 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		return st, err
 	}
 	st.Before = sizeStats(inv)
-	g := generationByID(inv, b.gen)
-	if g != nil && b.md.VersionCount >= 2 {
-		idx := b.md.VersionCount - 2
+	g := generationByID(inv, gen)
+	if g != nil && md.VersionCount >= 2 {
+		idx := md.VersionCount - 2
 		newest := planNewest(idx)(g)
 		if newest == nil || newest.Index < idx {
 			if err := b.snapshotAt(ctx, g, idx); err != nil {
@@ -854,7 +956,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 			}
 		}
 	}
-	if err := b.applyRetention(ctx, time.Now()); err != nil {
+	if err := b.applyRetention(ctx, gen, time.Now()); err != nil {
 		return st, err
 	}
 	if inv, err = b.client.Inventory(ctx); err != nil {
@@ -918,14 +1020,14 @@ func sizeStats(inv *Inventory) lnvault.SizeStats {
 // oldest kept snapshot covers (older than Retention), and older generations
 // once the current one has its own base and they are older than Retention.
 // Nothing is deleted that a kept snapshot does not cover.
-func (b *Backend) applyRetention(ctx context.Context, now time.Time) error {
+func (b *Backend) applyRetention(ctx context.Context, gen string, now time.Time) error {
 	inv, err := b.client.Inventory(ctx)
 	if err != nil {
 		return err
 	}
 	cut := now.Add(-b.opts.Retention)
 	old := func(t time.Time) bool { return b.opts.Retention == 0 || t.Before(cut) }
-	g := generationByID(inv, b.gen)
+	g := generationByID(inv, gen)
 	if g == nil || inv.Latest() != g {
 		return nil
 	}

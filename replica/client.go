@@ -173,6 +173,7 @@ type ReplicaClient interface {
 	WriteRewound(ctx context.Context, gen string, idx uint64) error
 	DeleteRewound(ctx context.Context, gen string, idxs []uint64) error
 	ReadSegment(ctx context.Context, s SegmentInfo) (*Segment, error)
+	ReadSegmentHeader(ctx context.Context, s SegmentInfo) (Header, error)
 	DeleteSegments(ctx context.Context, s []SegmentInfo) error
 	DeleteGeneration(ctx context.Context, gen string) error
 	CreateMarker(ctx context.Context) error
@@ -204,14 +205,14 @@ func (c *Client) CreateMarker(ctx context.Context) error {
 // Client implements ReplicaClient over an ObjectStore with lnvault's layout:
 //
 //	<prefix>/lease.json
-//	<prefix>/<gen>/snapshots/<index>_<version>_<created>.snap.zst
-//	<prefix>/<gen>/segments/<first index>-<last index>_<first version>-<last version>_<created>.seg.zst
+//	<prefix>/<gen>/snapshots/<index>_<version>.snap.zst
+//	<prefix>/<gen>/segments/<first index>-<last index>_<first version>-<last version>.seg.zst
 //	<prefix>/<gen>/rewound/<index>
 //
 // with fixed-width hex numbers so that keys sort in log order; gen is the
 // generation's creation time in hex nanoseconds, so generations sort by age.
-// The creation time (unix microseconds) is in the key so that point-in-time
-// lookups need only a listing.
+// An object's creation time is in its header; the listing's modification
+// time stands for it where minutes do not matter (retention).
 type Client struct {
 	Store ObjectStore
 }
@@ -245,40 +246,65 @@ func validGeneration(g string) bool {
 	return true
 }
 
+// Keys are determined by what an object holds, never by when it was made:
+// a retried upload (after a PUT that stored the object but reported an
+// error) targets the same key, where conditional creation finds it.
 func snapshotKey(gen string, h Header) string {
-	return fmt.Sprintf("%s/snapshots/%016x_%08x_%016x.snap.zst", gen, h.LastIndex, h.LastVersion, h.Created.UnixMicro())
+	return fmt.Sprintf("%s/snapshots/%016x_%08x.snap.zst", gen, h.LastIndex, h.LastVersion)
 }
 
 func segmentKey(gen string, h Header) string {
-	return fmt.Sprintf("%s/segments/%016x-%016x_%08x-%08x_%016x.seg.zst", gen, h.FirstIndex, h.LastIndex, h.FirstVersion, h.LastVersion, h.Created.UnixMicro())
+	return fmt.Sprintf("%s/segments/%016x-%016x_%08x-%08x.seg.zst", gen, h.FirstIndex, h.LastIndex, h.FirstVersion, h.LastVersion)
 }
 
+// parseSnapshotName parses a snapshot's name; names written before lnvault
+// 0.9 end with the creation time (unix microseconds), which is then taken as
+// Created (otherwise the listing's modification time is).
 func parseSnapshotName(gen, name string) (SnapshotInfo, bool) {
 	var s SnapshotInfo
 	var us uint64
-	if len(name) != 16+1+8+1+16+len(".snap.zst") || !strings.HasSuffix(name, ".snap.zst") {
+	switch {
+	case !strings.HasSuffix(name, ".snap.zst"):
+		return s, false
+	case len(name) == 16+1+8+len(".snap.zst"):
+		if n, err := fmt.Sscanf(name, "%016x_%08x.snap.zst", &s.Index, &s.Version); err != nil || n != 2 {
+			return s, false
+		}
+	case len(name) == 16+1+8+1+16+len(".snap.zst"):
+		if n, err := fmt.Sscanf(name, "%016x_%08x_%016x.snap.zst", &s.Index, &s.Version, &us); err != nil || n != 3 {
+			return s, false
+		}
+		s.Created = time.UnixMicro(int64(us))
+	default:
 		return s, false
 	}
-	if n, err := fmt.Sscanf(name, "%016x_%08x_%016x.snap.zst", &s.Index, &s.Version, &us); err != nil || n != 3 {
-		return s, false
-	}
-	s.Generation, s.Created = gen, time.UnixMicro(int64(us))
+	s.Generation = gen
 	return s, true
 }
 
+// parseSegmentName parses a segment's name (see parseSnapshotName).
 func parseSegmentName(gen, name string) (SegmentInfo, bool) {
 	var s SegmentInfo
 	var us uint64
-	if len(name) != 16+1+16+1+8+1+8+1+16+len(".seg.zst") || !strings.HasSuffix(name, ".seg.zst") {
+	switch {
+	case !strings.HasSuffix(name, ".seg.zst"):
 		return s, false
-	}
-	if n, err := fmt.Sscanf(name, "%016x-%016x_%08x-%08x_%016x.seg.zst", &s.FirstIndex, &s.LastIndex, &s.FirstVersion, &s.LastVersion, &us); err != nil || n != 5 {
+	case len(name) == 16+1+16+1+8+1+8+len(".seg.zst"):
+		if n, err := fmt.Sscanf(name, "%016x-%016x_%08x-%08x.seg.zst", &s.FirstIndex, &s.LastIndex, &s.FirstVersion, &s.LastVersion); err != nil || n != 4 {
+			return s, false
+		}
+	case len(name) == 16+1+16+1+8+1+8+1+16+len(".seg.zst"):
+		if n, err := fmt.Sscanf(name, "%016x-%016x_%08x-%08x_%016x.seg.zst", &s.FirstIndex, &s.LastIndex, &s.FirstVersion, &s.LastVersion, &us); err != nil || n != 5 {
+			return s, false
+		}
+		s.Created = time.UnixMicro(int64(us))
+	default:
 		return s, false
 	}
 	if s.LastIndex < s.FirstIndex || s.LastVersion < s.FirstVersion {
 		return s, false
 	}
-	s.Generation, s.Created = gen, time.UnixMicro(int64(us))
+	s.Generation = gen
 	return s, true
 }
 
@@ -316,6 +342,9 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 				continue
 			}
 			s.Size, s.Key = o.Size, o.Key
+			if s.Created.IsZero() {
+				s.Created = o.ModTime
+			}
 			g.Snapshots = append(g.Snapshots, s)
 		case "segments":
 			s, ok := parseSegmentName(g.ID, parts[2])
@@ -324,6 +353,9 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 				continue
 			}
 			s.Size, s.Key = o.Size, o.Key
+			if s.Created.IsZero() {
+				s.Created = o.ModTime
+			}
 			g.Segments = append(g.Segments, s)
 		case "rewound":
 			var idx uint64
@@ -395,19 +427,63 @@ func (c *Client) WriteSnapshotFile(ctx context.Context, gen string, f *os.File, 
 		return SnapshotInfo{}, err
 	}
 	s, _ := parseSnapshotName(gen, key[len(gen)+len("/snapshots/"):])
-	s.Size, s.Key = size, key
+	s.Size, s.Key, s.Created = size, key, h.Created
 	return s, nil
 }
 
-// WriteSegment stores an encoded segment object.
+// WriteSegment stores an encoded segment object, creating it only if its key
+// is free: where a segment is already (a retry of a PUT that stored it but
+// failed to say so), it must hold the same changes, and is then kept.
 func (c *Client) WriteSegment(ctx context.Context, gen string, data []byte, h Header) (SegmentInfo, error) {
 	key := segmentKey(gen, h)
-	if err := c.Store.Put(ctx, key, data); err != nil {
+	s, _ := parseSegmentName(gen, key[len(gen)+len("/segments/"):])
+	s.Size, s.Key, s.Created = int64(len(data)), key, h.Created
+	_, err := c.Store.PutIf(ctx, key, data, "")
+	if !errors.Is(err, ErrPrecondition) {
+		if err != nil {
+			return SegmentInfo{}, err
+		}
+		return s, nil
+	}
+	there, err := c.ReadSegment(ctx, s)
+	if err != nil {
+		return SegmentInfo{}, fmt.Errorf("%s exists already and cannot be read: %w", c.objectName(key), err)
+	}
+	ours, err := DecodeSegment(data)
+	if err != nil {
 		return SegmentInfo{}, err
 	}
-	s, _ := parseSegmentName(gen, key[len(gen)+len("/segments/"):])
-	s.Size, s.Key = int64(len(data)), key
+	if !sameChanges(there.Changes, ours.Changes) {
+		return SegmentInfo{}, c.corrupt(key, h.FirstVersion, "it holds other changes than the ones being stored at its indexes: two histories in one generation (another writer despite the lease?)")
+	}
+	s.Created = there.Created
 	return s, nil
+}
+
+func sameChanges(a, b []*lnvault.Change) bool {
+	return slices.EqualFunc(a, b, func(x, y *lnvault.Change) bool {
+		return x.Kind == y.Kind && x.Version == y.Version && slices.Equal(x.Statements, y.Statements)
+	})
+}
+
+// ReadSegmentHeader reads only the header of a segment (one ranged GET), for
+// its creation time.
+func (c *Client) ReadSegmentHeader(ctx context.Context, s SegmentInfo) (Header, error) {
+	data, err := c.Store.GetRange(ctx, s.Key, headerSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Header{}, c.corrupt(s.Key, s.FirstVersion, "the object is missing (deleted while in use?)")
+	}
+	if err != nil {
+		return Header{}, err
+	}
+	h, err := DecodeHeader(data)
+	if err == nil && (h.Type != typeSegment || h.FirstIndex != s.FirstIndex || h.LastIndex != s.LastIndex) {
+		err = fmt.Errorf("its header says type %d indexes %d-%d, unlike its name", h.Type, h.FirstIndex, h.LastIndex)
+	}
+	if err != nil {
+		return h, c.corrupt(s.Key, s.FirstVersion, err.Error())
+	}
+	return h, nil
 }
 
 func rewoundKey(gen string, idx uint64) string {

@@ -308,6 +308,11 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 	if lmd.VersionCount == 0 && lmd.Version == 0 {
 		return nil // nothing local yet
 	}
+	// The head as stored, not as remembered: an upload that failed may have
+	// been stored all the same, and must not be uploaded again.
+	if err := r.rb.Reload(ctx); err != nil {
+		return err
+	}
 	rmd := r.rb.Metadata()
 	r.rb.mu.Lock()
 	rhead := r.rb.head

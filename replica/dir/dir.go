@@ -110,6 +110,46 @@ func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error
 	return syncDir(d)
 }
 
+// create writes data at key only if no object is there: a temp file,
+// fsync'd, hard-linked into place (link fails where the name exists, so the
+// check and the creation are one step), the directory fsync'd.
+func (s *Store) create(ctx context.Context, key string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	d := filepath.Dir(p)
+	if err := mkdirAllSync(s.Root, d); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(d, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp, p)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	return syncDir(d)
+}
+
 // mkdirAllSync creates dir (below root) and fsyncs each parent it changed, so
 // a new directory entry survives a crash.
 func mkdirAllSync(root, dir string) error {
@@ -146,6 +186,9 @@ func etag(data []byte) string {
 // An flock on <root>/.lease-lock makes the check and the write atomic for
 // every process on this machine (and on NFS mounts that honour flock).
 func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string) (string, error) {
+	if match == "" {
+		return etag(data), s.create(ctx, key, data)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lf, err := os.OpenFile(filepath.Join(s.Root, ".lease-lock"), os.O_RDWR|os.O_CREATE, 0o600)

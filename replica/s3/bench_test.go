@@ -2,6 +2,7 @@ package s3_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/replica"
 	s3store "github.com/lnvault/lnvault/replica/s3"
@@ -44,33 +46,7 @@ func BenchmarkRestoreParallelism(b *testing.B) {
 	}
 	client := replica.NewClient(st)
 	reqs := corpus.MustLoad()[:2000]
-	// Setup: 2,000 PUTs, 32 at a time.
-	gen := replica.NewGenerationID(nil, time.Now())
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
-	errs := make(chan error, len(reqs))
-	var prev uint32
-	for i, r := range reqs {
-		data, h, err := replica.EncodeSegment(uint64(i), prev, []*lnvault.Change{r.Change()}, time.Now())
-		if err != nil {
-			b.Fatal(err)
-		}
-		prev = r.DataVersion
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if _, err := client.WriteSegment(ctx, gen, data, h); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	seedSegments(b, client, reqs)
 	stream := func(store replica.ObjectStore, par int) time.Duration {
 		rb, err := replica.OpenBackend(ctx, replica.NewClient(store), lnvault.OpenOptions{ReadOnly: true, Parallelism: par}, replica.DefaultOptions)
 		if err != nil {
@@ -104,4 +80,114 @@ func BenchmarkRestoreParallelism(b *testing.B) {
 	b.ReportMetric(s1.Seconds()/n, "s/restore-p1-20ms")
 	b.ReportMetric(s8.Seconds()/n, "s/restore-p8-20ms")
 	b.ReportMetric(float64(s1)/float64(s8), "speedup-p8-20ms")
+}
+
+// seedSegments stores reqs as one-change segments of a new generation, as
+// the synchronous backend writes them, 32 PUTs at a time.
+func seedSegments(b *testing.B, client *replica.Client, reqs []corpus.Request) {
+	ctx := context.Background()
+	gen := replica.NewGenerationID(nil, time.Now())
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	errs := make(chan error, len(reqs))
+	var prev uint32
+	for i, r := range reqs {
+		data, h, err := replica.EncodeSegment(uint64(i), prev, []*lnvault.Change{r.Change()}, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		prev = r.DataVersion
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, err := client.WriteSegment(ctx, gen, data, h); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkCompactionAppendWait: appends to an s3:// replica (versitygw, 20 ms
+// added per GET as a remote region's round trip) go on while it compacts the
+// corpus's 2,994 one-change segments. Reported: the max and p99 wait of those
+// appends (the goal: max <= 50 ms, as on file:), beside appends measured in
+// the same run just before and just after the compaction (the reference),
+// and their ratio.
+func BenchmarkCompactionAppendWait(b *testing.B) {
+	ctx := context.Background()
+	endpoint, bucket := s3test.Start(b)
+	reqs := corpus.MustLoad()
+	more := harness.Synthetic(reqs[len(reqs)-1].DataVersion+1, 100000, 1300, false, 5)
+	var during, ref []time.Duration
+	next := 0
+	appendOne := func(rb *replica.Backend) time.Duration {
+		t := time.Now()
+		if err := rb.Append(ctx, more[next].Change()); err != nil {
+			b.Fatal(err)
+		}
+		next++
+		return time.Since(t)
+	}
+	var compactTime time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		u, _ := url.Parse(s3test.URL(endpoint, bucket, fmt.Sprintf("bench%d", i)))
+		st, err := s3store.Open(ctx, u, u.Query())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := replica.NewClient(st).CreateMarker(ctx); err != nil {
+			b.Fatal(err)
+		}
+		seedSegments(b, replica.NewClient(st), reqs)
+		rb, err := replica.OpenBackend(ctx, replica.NewClient(slowGets{ObjectStore: st, delay: 20 * time.Millisecond}), lnvault.OpenOptions{}, replica.DefaultOptions)
+		if err != nil {
+			b.Fatal(err)
+		}
+		next = 0
+		b.StartTimer()
+		for range 100 {
+			ref = append(ref, appendOne(rb))
+		}
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { _, err := rb.Compact(ctx); done <- err }()
+	wait:
+		for {
+			select {
+			case err := <-done:
+				if err != nil {
+					b.Fatal(err)
+				}
+				break wait
+			default:
+				during = append(during, appendOne(rb))
+			}
+		}
+		compactTime += time.Since(start)
+		for range 100 {
+			ref = append(ref, appendOne(rb))
+		}
+		b.StopTimer()
+		rb.Close()
+		b.StartTimer()
+	}
+	b.StopTimer()
+	d, r := harness.Summarize(during), harness.Summarize(ref)
+	ms := func(t time.Duration) float64 { return float64(t.Microseconds()) / 1000 }
+	b.ReportMetric(ms(d.Max), "max-ms")
+	b.ReportMetric(ms(d.P99), "p99-ms")
+	b.ReportMetric(ms(r.Max), "ref-max-ms")
+	b.ReportMetric(ms(r.P99), "ref-p99-ms")
+	b.ReportMetric(float64(d.P99)/float64(r.P99), "p99-ratio")
+	b.ReportMetric(float64(d.N)/float64(b.N), "appends/compaction")
+	b.ReportMetric(ms(compactTime)/float64(b.N), "compact-ms")
 }
