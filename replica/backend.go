@@ -88,6 +88,11 @@ func OpenBackend(ctx context.Context, client ReplicaClient, o lnvault.OpenOption
 		b.log.Warn("replica holds objects lnvault did not write; they are ignored", "replica", client.String(), "count", len(inv.Unknown), "first", inv.Unknown[0])
 	}
 	if !o.ReadOnly {
+		if opts.UnsafeNoConditionalWrites {
+			b.log.Warn("replica opened without checking that its store honours conditional writes (unsafe-no-conditional-writes): its lease does not keep a second writer out", "replica", client.String())
+		} else if err := client.ProbeConditionalWrites(ctx); err != nil {
+			return nil, err
+		}
 		if b.lease, err = acquireLease(ctx, client, opts.LeaseTTL, b.log); err != nil {
 			return nil, err
 		}

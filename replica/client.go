@@ -177,22 +177,63 @@ type ReplicaClient interface {
 	DeleteSegments(ctx context.Context, s []SegmentInfo) error
 	DeleteGeneration(ctx context.Context, gen string) error
 	CreateMarker(ctx context.Context) error
+	ProbeConditionalWrites(ctx context.Context) error
 	ReadLease(ctx context.Context) (Lease, string, error)
 	WriteLease(ctx context.Context, l Lease, match string) (string, error)
 }
 
 // Lease is the object that names the one writer of a replica.
 type Lease struct {
-	Owner   string    `json:"owner"`
-	Host    string    `json:"host"`
-	PID     int       `json:"pid"`
+	Owner string `json:"owner"`
+	Host  string `json:"host"`
+	PID   int    `json:"pid"`
+	// Expires is on the holder's clock: only a process on the same host
+	// compares it with its own.
 	Expires time.Time `json:"expires"`
+	// TTL is how long the lease lasts without renewal: another host takes
+	// it over only after seeing it unchanged that long (0: written before
+	// lnvault 0.9; the taker's own TTL is used).
+	TTL time.Duration `json:"ttl_ns,omitempty"`
+	// Released: the holder closed; anyone may take it at once.
+	Released bool `json:"released,omitempty"`
 }
 
 const (
 	leaseKey  = "lease.json"
 	markerKey = "lnvault.json" // written once at creation: an empty backup exists
 )
+
+// probePrefix holds the objects of ProbeConditionalWrites.
+const probePrefix = "probe/"
+
+// ProbeConditionalWrites checks that the store refuses the conditional
+// writes that must fail (a creation where an object exists, a replacement
+// of an object whose ETag is not the one given): the lease and the
+// recognition of a retried upload rest on them, and some S3-compatible
+// stores ignore the conditions silently.
+func (c *Client) ProbeConditionalWrites(ctx context.Context) error {
+	key := probePrefix + newOwnerID()
+	defer c.Store.Delete(context.WithoutCancel(ctx), key)
+	if _, err := c.Store.PutIf(ctx, key, []byte("1"), ""); err != nil {
+		return fmt.Errorf("probing conditional writes on %s: %w", c, err)
+	}
+	var ignored []string
+	if _, err := c.Store.PutIf(ctx, key, []byte("2"), ""); err == nil {
+		ignored = append(ignored, "If-None-Match: * (it replaced an existing object)")
+	} else if !errors.Is(err, ErrPrecondition) {
+		return fmt.Errorf("probing conditional writes on %s: %w", c, err)
+	}
+	if _, err := c.Store.PutIf(ctx, key, []byte("3"), `"0123456789abcdef0123456789abcdef"`); err == nil {
+		ignored = append(ignored, "If-Match (it replaced an object whose ETag did not match)")
+	} else if !errors.Is(err, ErrPrecondition) {
+		return fmt.Errorf("probing conditional writes on %s: %w", c, err)
+	}
+	if len(ignored) > 0 {
+		return fmt.Errorf("the object store at %s ignores conditional writes: %s. lnvault's lease (one writer per replica) and its recognition of a retried upload rest on them: use a store that honours them (AWS S3, MinIO, versitygw, Ceph RGW and others do), or accept the risk with ?unsafe-no-conditional-writes=1 in the URL",
+			c, strings.Join(ignored, "; "))
+	}
+	return nil
+}
 
 // CreateMarker writes the object that says a backup exists at the prefix,
 // atomically (a conditional PUT): ErrPrecondition if it is already there.
@@ -317,7 +358,7 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	inv := &Inventory{}
 	gens := map[string]*Generation{}
 	for _, o := range objs {
-		if o.Key == leaseKey || strings.HasPrefix(o.Key, "scb/") {
+		if o.Key == leaseKey || strings.HasPrefix(o.Key, "scb/") || strings.HasPrefix(o.Key, probePrefix) {
 			// scb/ holds the static channel backups (package scb/s3store).
 			continue
 		}
@@ -643,7 +684,7 @@ func (c *Client) ReadLease(ctx context.Context) (Lease, string, error) {
 	if err := json.Unmarshal(data, &l); err != nil {
 		// A damaged lease must not lock a replica forever: it reads as
 		// expired, and its ETag lets one writer replace it.
-		return Lease{Owner: "unreadable lease"}, etag, nil
+		return Lease{Owner: "unreadable lease", Released: true}, etag, nil
 	}
 	return l, etag, nil
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
-	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/replica"
@@ -118,21 +117,11 @@ func TestCompactionDoesNotHoldAppends(t *testing.T) {
 // replayTo is the reference: reqs applied with dbapply.
 func replayTo(t *testing.T, reqs []corpus.Request) string {
 	t.Helper()
-	ctx := context.Background()
-	p := filepath.Join(t.TempDir(), "ref.sqlite3")
-	a, err := dbapply.Create(ctx, p)
-	if err != nil {
-		t.Fatal(err)
+	cs := make([]*lnvault.Change, len(reqs))
+	for i, r := range reqs {
+		cs[i] = r.Change()
 	}
-	for _, r := range reqs {
-		if err := a.Apply(ctx, r.Change()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := a.Finish(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h, err := dumphash.Of(p)
+	h, err := dumphash.OfReplay(context.Background(), filepath.Join(t.TempDir(), "ref.sqlite3"), cs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lnvault/lnvault"
@@ -43,7 +44,7 @@ func newOwnerID() string {
 
 func acquireLease(ctx context.Context, c ReplicaClient, ttl time.Duration, log *slog.Logger) (*leaseHolder, error) {
 	host, _ := os.Hostname()
-	h := &leaseHolder{client: c, ttl: ttl, log: log, me: Lease{Owner: newOwnerID(), Host: host, PID: os.Getpid()},
+	h := &leaseHolder{client: c, ttl: ttl, log: log, me: Lease{Owner: newOwnerID(), Host: host, PID: os.Getpid(), TTL: ttl},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for attempt := 0; ; attempt++ {
 		cur, etag, err := c.ReadLease(ctx)
@@ -51,13 +52,13 @@ func acquireLease(ctx context.Context, c ReplicaClient, ttl time.Duration, log *
 		if err != nil && !notFound {
 			return nil, fmt.Errorf("reading the lease of %s: %w", c, err)
 		}
-		now := time.Now()
-		if !notFound && now.Before(cur.Expires) && cur.Owner != h.me.Owner {
-			return nil, fmt.Errorf("%s is being written by another lnvault (lease held by %s pid %d, owner %s, expires %s): stop it, or wait for its lease to expire: %w",
-				c, cur.Host, cur.PID, cur.Owner, cur.Expires.UTC().Format(time.RFC3339), lnvault.ErrLocked)
+		if !notFound {
+			if etag, err = h.waitFree(ctx, cur, etag); err != nil {
+				return nil, err
+			}
 		}
 		l := h.me
-		l.Expires = now.Add(ttl)
+		l.Expires = time.Now().Add(ttl)
 		match := ""
 		if !notFound {
 			match = etag
@@ -73,6 +74,69 @@ func acquireLease(ctx context.Context, c ReplicaClient, ttl time.Duration, log *
 		go h.renewLoop()
 		return h, nil
 	}
+}
+
+// waitFree returns once the lease cur (ETag etag) may be taken, with the ETag
+// to replace, or ErrLocked while its holder lives. Expires is on the holder's
+// clock, so it is compared with this one's only when both run on the same
+// host; a lease from another host is free once it went unchanged for its TTL
+// on this host's monotonic clock (its holder renews it every TTL/3).
+func (h *leaseHolder) waitFree(ctx context.Context, cur Lease, etag string) (string, error) {
+	locked := func() error {
+		return fmt.Errorf("%s is being written by another lnvault (lease held by %s pid %d, owner %s, expires %s on its clock): stop it, or wait for its lease to expire: %w",
+			h.client, cur.Host, cur.PID, cur.Owner, cur.Expires.UTC().Format(time.RFC3339), lnvault.ErrLocked)
+	}
+	switch {
+	case cur.Released:
+		return etag, nil
+	case cur.Host == h.me.Host:
+		if time.Now().After(cur.Expires) || !processAlive(cur.PID) {
+			return etag, nil
+		}
+		return "", locked()
+	}
+	ttl := cur.TTL
+	if ttl <= 0 {
+		ttl = h.ttl
+	}
+	// A margin for the holder's renewal in flight.
+	wait := ttl + ttl/10
+	h.log.Warn("the replica's lease is held by another host: waiting to see whether it is renewed (its expiry is on that host's clock, not this one's)",
+		"replica", h.client.String(), "holder", cur.Host, "pid", cur.PID, "wait", wait)
+	start := time.Now()
+	tick := time.NewTicker(min(ttl/6, time.Second))
+	defer tick.Stop()
+	for time.Since(start) < wait {
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for the lease of %s held by %s: %w", h.client, cur.Host, ctx.Err())
+		case <-tick.C:
+		}
+		l, tag, err := h.client.ReadLease(ctx)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("reading the lease of %s: %w", h.client, err)
+		}
+		if tag != etag {
+			if l.Released {
+				return tag, nil
+			}
+			cur = l
+			return "", locked()
+		}
+	}
+	return etag, nil
+}
+
+// processAlive tells whether a process of this host has pid.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 func (h *leaseHolder) renewLoop() {
@@ -143,6 +207,7 @@ func (h *leaseHolder) release(ctx context.Context) error {
 	}
 	l := h.me
 	l.Expires = time.Now().Add(-time.Second)
+	l.Released = true
 	_, err := h.client.WriteLease(ctx, l, h.etag)
 	h.lost = errors.New("lease released")
 	return err

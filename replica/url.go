@@ -48,12 +48,17 @@ type Options struct {
 	// LeaseTTL is how long a writer's lease lasts without renewal
 	// (?lease-ttl=30s); a crashed writer blocks a new one this long.
 	LeaseTTL time.Duration
+	// UnsafeNoConditionalWrites opens a store that ignores conditional
+	// writes for writing all the same (?unsafe-no-conditional-writes=1):
+	// its lease is then no protection against a second writer, and a
+	// retried upload is not recognised.
+	UnsafeNoConditionalWrites bool
 }
 
 // DefaultOptions: a day of point-in-time history, two snapshots, 30 s leases.
 var DefaultOptions = Options{Retention: 24 * time.Hour, RetainSnapshots: 2, LeaseTTL: 30 * time.Second}
 
-var replicaParams = []string{"retention", "retain-snapshots", "lease-ttl"}
+var replicaParams = []string{"retention", "retain-snapshots", "lease-ttl", "unsafe-no-conditional-writes"}
 
 // ParseURL opens the store of rawURL (s3://bucket/prefix?..., dir:///path) and
 // returns it with the replica options its parameters set. Unknown parameters
@@ -111,6 +116,13 @@ func ParseURL(ctx context.Context, rawURL string) (ObjectStore, Options, error) 
 			return nil, opts, fmt.Errorf("URL parameter lease-ttl=%q: want a duration of at least 1s", v)
 		}
 		opts.LeaseTTL = d
+	}
+	switch v := q.Get("unsafe-no-conditional-writes"); v {
+	case "", "0", "false":
+	case "1", "true":
+		opts.UnsafeNoConditionalWrites = true
+	default:
+		return nil, opts, fmt.Errorf("URL parameter unsafe-no-conditional-writes=%q: want 1 or 0", v)
 	}
 	st, err := reg.open(ctx, u, sq)
 	if err != nil {

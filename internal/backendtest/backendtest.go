@@ -225,21 +225,8 @@ func materialise(t *testing.T, b lnvault.Backend) (string, uint32) {
 // direct applies cs to a new database: what a backup of cs must restore.
 func direct(t *testing.T, cs []*lnvault.Change) (string, string) {
 	t.Helper()
-	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "direct.sqlite3")
-	a, err := dbapply.Create(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cs {
-		if err := a.Apply(ctx, c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := a.Finish(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h, err := dumphash.Of(path)
+	h, err := dumphash.OfReplay(context.Background(), path, cs)
 	if err != nil {
 		t.Fatal(err)
 	}

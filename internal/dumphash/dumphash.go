@@ -3,11 +3,15 @@
 package dumphash
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os/exec"
+
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/dbapply"
 )
 
 // Available tells whether the sqlite3 command line tool is on PATH.
@@ -39,4 +43,23 @@ func Of(path string) (string, error) {
 		return "", fmt.Errorf("sqlite3 %s .dump: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// OfReplay applies cs with dbapply to a new database at path and returns its
+// dump hash: what a backup of exactly cs must restore.
+func OfReplay(ctx context.Context, path string, cs []*lnvault.Change) (string, error) {
+	a, err := dbapply.Create(ctx, path)
+	if err != nil {
+		return "", err
+	}
+	for _, c := range cs {
+		if err := a.Apply(ctx, c); err != nil {
+			a.Close(ctx)
+			return "", fmt.Errorf("replaying version %d: %w", c.Version, err)
+		}
+	}
+	if err := a.Finish(ctx); err != nil {
+		return "", err
+	}
+	return Of(path)
 }
