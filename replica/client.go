@@ -187,6 +187,9 @@ type Lease struct {
 	Owner string `json:"owner"`
 	Host  string `json:"host"`
 	PID   int    `json:"pid"`
+	// PIDNS names the holder's PID namespace (/proc/self/ns/pid): a pid
+	// is only known dead to a process of the same host and namespace.
+	PIDNS string `json:"pid_ns,omitempty"`
 	// Expires is on the holder's clock: only a process on the same host
 	// compares it with its own.
 	Expires time.Time `json:"expires"`

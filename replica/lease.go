@@ -44,7 +44,8 @@ func newOwnerID() string {
 
 func acquireLease(ctx context.Context, c ReplicaClient, ttl time.Duration, log *slog.Logger) (*leaseHolder, error) {
 	host, _ := os.Hostname()
-	h := &leaseHolder{client: c, ttl: ttl, log: log, me: Lease{Owner: newOwnerID(), Host: host, PID: os.Getpid(), TTL: ttl},
+	pidns, _ := os.Readlink("/proc/self/ns/pid")
+	h := &leaseHolder{client: c, ttl: ttl, log: log, me: Lease{Owner: newOwnerID(), Host: host, PID: os.Getpid(), PIDNS: pidns, TTL: ttl},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for attempt := 0; ; attempt++ {
 		cur, etag, err := c.ReadLease(ctx)
@@ -89,8 +90,17 @@ func (h *leaseHolder) waitFree(ctx context.Context, cur Lease, etag string) (str
 	switch {
 	case cur.Released:
 		return etag, nil
+	case cur.Owner == h.me.Owner:
+		// This writer's own write, which landed although its answer
+		// was lost: its ETag is the one to replace.
+		return etag, nil
 	case cur.Host == h.me.Host:
-		if time.Now().After(cur.Expires) || !processAlive(cur.PID) {
+		if time.Now().After(cur.Expires) {
+			return etag, nil
+		}
+		if cur.PIDNS != "" && cur.PIDNS == h.me.PIDNS && !processAlive(cur.PID) {
+			h.log.Info("the replica's lease was held by a process of this host that is gone: taken over at once",
+				"replica", h.client.String(), "pid", cur.PID)
 			return etag, nil
 		}
 		return "", locked()
@@ -167,6 +177,14 @@ func (h *leaseHolder) renew(ctx context.Context) error {
 	l.Expires = time.Now().Add(h.ttl)
 	tag, err := h.client.WriteLease(ctx, l, h.etag)
 	if errors.Is(err, ErrPrecondition) {
+		// A renewal whose answer was lost, retried: the lease then
+		// holds this writer's own write.
+		cur, curTag, rerr := h.client.ReadLease(ctx)
+		if rerr == nil && cur.Owner == h.me.Owner && !cur.Released {
+			h.log.Info("replica lease: a renewal landed although its answer was lost", "replica", h.client.String())
+			h.etag, h.expires = curTag, cur.Expires
+			return nil
+		}
 		h.lost = fmt.Errorf("lost the lease of %s to another writer: %w", h.client, lnvault.ErrLocked)
 		return h.lost
 	}

@@ -3,6 +3,8 @@ package replica_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +145,36 @@ func TestOpenRefusesStoreIgnoringConditions(t *testing.T) {
 	objs, err := ds.List(ctx, "probe/")
 	if err != nil || len(objs) != 0 {
 		t.Fatalf("probe objects left: %v %v", objs, err)
+	}
+}
+
+// The lease of a process of this host that is gone (a crashed plugin or
+// server) is taken at once, not after its expiry: the node restarts without
+// waiting. A live one on this host is not (TestLeaseSecondWriter in
+// replica/s3).
+func TestLeaseOfDeadLocalProcessTakenAtOnce(t *testing.T) {
+	ctx := context.Background()
+	c := newDirClient(t)
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		t.Fatalf("no /proc/self/ns/pid here (lnvault runs on Linux): %v", err)
+	}
+	l := replica.Lease{Owner: "crashed", Host: host, PID: cmd.Process.Pid, PIDNS: ns, Expires: time.Now().Add(time.Hour), TTL: time.Hour}
+	if _, err := c.WriteLease(ctx, l, ""); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b, err := replica.OpenBackend(ctx, c, lnvault.OpenOptions{}, replica.DefaultOptions)
+	if err != nil {
+		t.Fatalf("the lease of a dead local process was not taken: %v", err)
+	}
+	b.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("taking it took %v", d)
 	}
 }

@@ -59,6 +59,9 @@ type Backend struct {
 	// when that one is half-open. noHello: the server takes no HELLO.
 	token   [8]byte
 	noHello bool
+	// helloClosed counts connections in a row closed on HELLO: a
+	// reference server closes every one, a network fault one now and then.
+	helloClosed int
 
 	metaMu sync.Mutex
 	meta   lnvault.Metadata
@@ -142,10 +145,13 @@ func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 	m, err := b.dialLocked(ctx, !b.noHello)
 	var ce *helloClosedError
 	if errors.As(err, &ce) {
-		// A reference server closes the connection on HELLO: it is
-		// spoken to as the reference client does from now on.
-		b.noHello = true
-		b.log.Info("the backup server takes no HELLO (a reference server): if this client's connection goes half-open, its reconnection is refused as a second writer until the server's TCP keepalive closes the old one", "why", ce.err)
+		// A reference server closes the connection on HELLO; after the
+		// third time in a row it is spoken to as the reference client
+		// does from then on.
+		if b.helloClosed++; b.helloClosed >= 3 {
+			b.noHello = true
+			b.log.Info("the backup server takes no HELLO (a reference server): if this client's connection goes half-open, its reconnection is refused as a second writer until the server's TCP keepalive closes the old one", "why", ce.err)
+		}
 		m, err = b.dialLocked(ctx, false)
 	}
 	return m, err
@@ -237,6 +243,7 @@ func (b *Backend) helloMetadataLocked(ctx context.Context) (lnvault.Metadata, er
 		}
 		return lnvault.Metadata{}, err
 	}
+	b.helloClosed = 0
 	if p.Type != wire.TypeMetadata {
 		if p.Type != wire.TypeFeatures {
 			b.noHello = true

@@ -10,15 +10,37 @@ import (
 	"time"
 )
 
-// Defaults of the URL's optional parameters.
+// Defaults of the URL's optional parameters. timeout and retry_delay depend
+// on where the server is: a server reached directly at a loopback, private
+// or link-local address (a LAN, a datacenter) answers in milliseconds, so a
+// silent link is given up after LANTimeout and reconnected at once: a
+// db_write (and every HTLC behind it) waits seconds, not half a minute. One
+// reached by host name or through a proxy (Tor: round trips of a second or
+// more, circuits that take seconds to build) gets the patient defaults.
 const (
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultTimeout        = 30 * time.Second
 	DefaultCompactTimeout = 30 * time.Minute
 	DefaultRetries        = 5
 	DefaultRetryDelay     = 2 * time.Second
+	LANTimeout            = 5 * time.Second
+	LANRetryDelay         = 200 * time.Millisecond
+	LANRetries            = 8
 	retryBackoff          = 1.5
 )
+
+// IsLAN tells whether c reaches its server directly at a loopback, private
+// or link-local address.
+func (c Config) IsLAN() bool {
+	if c.Proxy != "" {
+		return false
+	}
+	if c.Host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(c.Host)
+	return ip != nil && (ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast())
+}
 
 // Config is what a socket: URL says.
 //
@@ -31,11 +53,14 @@ const (
 //	                         are resolved by the proxy, so .onion works
 //	connect_timeout=10s      TCP (and proxy) connection timeout
 //	timeout=30s              how long to wait for the server's answer (ACK,
-//	                         METADATA) and for a write to go through
+//	                         METADATA) and for a write to go through (5s for
+//	                         a server on a LAN: see IsLAN)
 //	compact_timeout=30m      how long a remote compaction may take
 //	retries=5                reconnections tried when the connection is lost
-//	                         while sending a change (0: fail at once)
+//	                         while sending a change (0: fail at once; 8 on a
+//	                         LAN)
 //	retry_delay=2s           first delay between reconnections; ×1.5 each time
+//	                         (200ms on a LAN)
 //	compress=auto            zlib level of changes on the wire: none (stored
 //	                         blocks), fast, or auto: none to a loopback or
 //	                         private address reached directly, fast otherwise
@@ -82,33 +107,48 @@ func ParseURL(raw string) (Config, error) {
 	if cfg.Host, cfg.Port, err = parseHostPort(target); err != nil {
 		return cfg, fmt.Errorf("backup URL %q: %w (expected socket:HOST:PORT, socket:[IPv6]:PORT)", raw, err)
 	}
-	if query == "" {
-		return cfg, nil
-	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
 		return cfg, fmt.Errorf("backup URL %q: bad query string: %w", raw, err)
 	}
+	if err := cfg.parseParams(raw, q); err != nil {
+		return cfg, err
+	}
+	if cfg.IsLAN() {
+		if !q.Has("timeout") {
+			cfg.Timeout = LANTimeout
+		}
+		if !q.Has("retry_delay") {
+			cfg.RetryDelay = LANRetryDelay
+		}
+		if !q.Has("retries") {
+			cfg.Retries = LANRetries
+		}
+	}
+	return cfg, nil
+}
+
+func (cfg *Config) parseParams(raw string, q url.Values) error {
 	for key, vals := range q {
 		if len(vals) != 1 {
-			return cfg, fmt.Errorf("backup URL %q: parameter %q given %d times", raw, key, len(vals))
+			return fmt.Errorf("backup URL %q: parameter %q given %d times", raw, key, len(vals))
 		}
 		v := vals[0]
 		switch key {
 		case "proxy":
 			typ, addr, ok := strings.Cut(v, ":")
 			if !ok || typ != "socks5" {
-				return cfg, fmt.Errorf("backup URL %q: proxy=%q: only socks5:HOST:PORT is supported", raw, v)
+				return fmt.Errorf("backup URL %q: proxy=%q: only socks5:HOST:PORT is supported", raw, v)
 			}
 			h, p, err := parseHostPort(addr)
 			if err != nil {
-				return cfg, fmt.Errorf("backup URL %q: proxy=%q: %w", raw, v, err)
+				return fmt.Errorf("backup URL %q: proxy=%q: %w", raw, v, err)
 			}
 			cfg.Proxy = net.JoinHostPort(h, p)
 		case "connect_timeout", "timeout", "compact_timeout", "retry_delay":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 && key != "retry_delay" || d < 0 {
-				return cfg, fmt.Errorf("backup URL %q: %s=%q is not a positive duration (e.g. 10s)", raw, key, v)
+				return fmt.Errorf("backup URL %q: %s=%q is not a positive duration (e.g. 10s)", raw, key, v)
 			}
 			switch key {
 			case "connect_timeout":
@@ -125,19 +165,19 @@ func ParseURL(raw string) (Config, error) {
 			case CompressAuto, CompressNone, CompressFast:
 				cfg.Compress = c
 			default:
-				return cfg, fmt.Errorf("backup URL %q: compress=%q: use auto, none or fast", raw, v)
+				return fmt.Errorf("backup URL %q: compress=%q: use auto, none or fast", raw, v)
 			}
 		case "retries":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
-				return cfg, fmt.Errorf("backup URL %q: retries=%q is not a count", raw, v)
+				return fmt.Errorf("backup URL %q: retries=%q is not a count", raw, v)
 			}
 			cfg.Retries = n
 		default:
-			return cfg, fmt.Errorf("backup URL %q: unknown parameter %q (known: proxy, connect_timeout, timeout, compact_timeout, retries, retry_delay, compress)", raw, key)
+			return fmt.Errorf("backup URL %q: unknown parameter %q (known: proxy, connect_timeout, timeout, compact_timeout, retries, retry_delay, compress)", raw, key)
 		}
 	}
-	return cfg, nil
+	return nil
 }
 
 // zlibLevel is the level for changes sent over conn.

@@ -282,14 +282,15 @@ func TestServerReplicateCorpusToS3(t *testing.T) {
 }
 
 // The server is SIGKILLed while the plugin writes to it and the replicator
-// ships; restarted with the same flags, it waits for its dead lease, resumes
+// ships; restarted with the same flags, it takes the lease of its dead
+// predecessor (same host, its pid gone) at once, resumes
 // the replica's generation, the plugin's socket: client reconnects and the
 // replay completes; the replica converges to the corpus's final dump.
 func TestServerReplicateKilled(t *testing.T) {
 	ep, bkt := s3test.Start(t)
 	dir := t.TempDir()
-	// A short lease: the killed server's lease blocks the restarted one
-	// until it expires.
+	// A short lease: were the killed server's pid not known dead, its
+	// lease would block the restarted one until it expires.
 	u := s3test.URL(ep, bkt, "kill", "lease-ttl=2s")
 	local := "file://" + filepath.Join(dir, "node.dbak")
 	srv := startServer(t, local, "127.0.0.1:0", "--create", "--replicate", u, "--replicate-interval", "50ms")
@@ -321,8 +322,8 @@ func TestServerReplicateKilled(t *testing.T) {
 	if atKill.VersionCount == 0 || atKill.VersionCount >= uint64(len(reqs)) {
 		t.Fatalf("replica at the kill: %+v, want a partial replica", atKill)
 	}
-	if !strings.Contains(srv2.log.String(), "waiting for its lease to expire") {
-		t.Errorf("the restarted server did not wait for the dead lease:\n%s", srv2.log.String())
+	if !strings.Contains(srv2.log.String(), "held by a process of this host that is gone: taken over at once") {
+		t.Errorf("the restarted server did not take the lease of its dead predecessor at once:\n%s", srv2.log.String())
 	}
 
 	last := reqs[len(reqs)-1].DataVersion

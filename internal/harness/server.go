@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -13,10 +14,12 @@ import (
 // ServerProc is a real `lnvault server` process serving the store at URL on
 // Addr (127.0.0.1), for tests that cut its power or fail its disk.
 type ServerProc struct {
-	t      testing.TB
-	bin    string
-	URL    string
-	Addr   string
+	t    testing.TB
+	bin  string
+	URL  string
+	Addr string
+	// Extra are more arguments of `lnvault server` (--replicate URL ...).
+	Extra  []string
 	cmd    *exec.Cmd
 	exited chan struct{}
 	log    *os.File
@@ -52,6 +55,7 @@ func (s *ServerProc) Start(create bool) {
 	if create {
 		args = append(args, "--create")
 	}
+	args = append(args, s.Extra...)
 	s.cmd = exec.Command(s.bin, append(args, s.URL, s.Addr)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
@@ -78,6 +82,27 @@ func (s *ServerProc) Start(create bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Stop stops the server as its operator does (SIGTERM): it finishes what is
+// in flight and ships what its replicas lack. It fails the test if the
+// server does not exit within timeout or exits with an error.
+func (s *ServerProc) Stop(timeout time.Duration) {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(timeout):
+		s.Kill()
+		s.t.Fatalf("lnvault server did not stop within %v: %s", timeout, s.Tail())
+	}
+	if st := s.cmd.ProcessState; st != nil && !st.Success() {
+		s.t.Errorf("lnvault server exited with %v: %s", st, s.Tail())
+	}
+	s.cmd = nil
 }
 
 // Kill kills the server: nothing after it runs, as in a power cut.

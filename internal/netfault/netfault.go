@@ -45,6 +45,8 @@ func Start(tb testing.TB, upstream string) *Proxy {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // toxiproxy listens itself; the port is free again
+	// Toxics log through zerolog's global logger, at trace level.
+	zerolog.SetGlobalLevel(zerolog.Disabled)
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
 	nameSeq.Lock()
 	nameSeq.n++
@@ -111,4 +113,16 @@ func (p *Proxy) Clear() {
 	p.mu.Lock()
 	clear(p.live)
 	p.mu.Unlock()
+}
+
+// Down closes every connection through the proxy and refuses new ones
+// until Up: the link is down.
+func (p *Proxy) Down() { p.p.Stop() }
+
+// Up starts accepting connections again after Down.
+func (p *Proxy) Up() error {
+	if err := p.p.Start(); err != nil {
+		return fmt.Errorf("restarting toxiproxy on %s: %w", p.Addr(), err)
+	}
+	return nil
 }

@@ -100,6 +100,26 @@ func Start(t testing.TB) (endpoint, bucket string) {
 	return srv.Endpoint, bucket
 }
 
+func credentialEnv(dir string) map[string]string {
+	none := filepath.Join(dir, "none")
+	return map[string]string{
+		"AWS_ACCESS_KEY_ID": AccessKey, "AWS_SECRET_ACCESS_KEY": SecretKey, "AWS_REGION": Region,
+		"AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none, "AWS_EC2_METADATA_DISABLED": "true",
+	}
+}
+
+var processEnv bool
+
+// SetProcessEnv sets the servers' credentials in the process environment
+// once, from TestMain, for packages whose tests run in parallel (t.Setenv
+// forbids it); StartServer then leaves the environment alone.
+func SetProcessEnv() {
+	for k, v := range credentialEnv(os.TempDir()) {
+		os.Setenv(k, v)
+	}
+	processEnv = true
+}
+
 // StartServer runs versitygw without creating a bucket.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
@@ -107,12 +127,11 @@ func StartServer(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("AWS_ACCESS_KEY_ID", AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", SecretKey)
-	t.Setenv("AWS_REGION", Region)
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	if !processEnv {
+		for k, v := range credentialEnv(t.TempDir()) {
+			t.Setenv(k, v)
+		}
+	}
 	dir := t.TempDir()
 	var lastErr error
 	for range 5 { // a port taken between freePort and the server's bind

@@ -2,7 +2,7 @@
 // (AWS S3, versitygw, MinIO, ...) with aws-sdk-go-v2. Importing it registers
 // the lnvault backend scheme "s3":
 //
-//	s3://bucket/prefix?endpoint=http://127.0.0.1:7070&region=us-east-1&path-style=true
+//	s3://bucket/prefix?endpoint=http://127.0.0.1:7070&region=us-east-1&path-style=true&timeout=10s
 //
 // Credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID /
 // AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, instance roles).
@@ -15,12 +15,18 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -38,7 +44,22 @@ func init() {
 }
 
 // Params are the query parameters the S3 store itself reads.
-var Params = []string{"endpoint", "region", "path-style"}
+var Params = []string{"endpoint", "region", "path-style", "timeout"}
+
+// DefaultTimeout bounds the wait for the store's next bytes (connecting, an
+// answer, a body): a black-holed request is given up and retried (the SDK's
+// 3 attempts) instead of holding a db_write for ever. A PUT of a segment
+// takes milliseconds on a LAN and about a hundred over the internet.
+const DefaultTimeout = 10 * time.Second
+
+// Attempts of one request, and the longest pause between two: a link that
+// drops for a few seconds costs a db_write a few seconds, not the node (a
+// db_write that fails stops lightningd). No client-side retry quota: a
+// flaky link must not use up the right to retry.
+const (
+	maxAttempts = 8
+	maxBackoff  = 2 * time.Second
+)
 
 // Store keeps objects in Bucket under Prefix.
 type Store struct {
@@ -80,11 +101,24 @@ func Open(ctx context.Context, u *url.URL, q url.Values) (*Store, error) {
 			return nil, fmt.Errorf("s3 URL parameter endpoint=%q: want http://host:port or https://host", endpoint)
 		}
 	}
+	timeout := DefaultTimeout
+	if v := q.Get("timeout"); v != "" {
+		if timeout, err = time.ParseDuration(v); err != nil || timeout < 100*time.Millisecond {
+			return nil, fmt.Errorf("s3 URL parameter timeout=%q: want a duration of at least 100ms, such as 10s", v)
+		}
+	}
+	cfg.HTTPClient = awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = timeout }).
+		WithTransportOptions(func(tr *http.Transport) { tr.ResponseHeaderTimeout = timeout }).
+		WithReadTimeout(timeout)
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
 		}
 		o.UsePathStyle = pathStyle
+		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
+			so.MaxAttempts, so.MaxBackoff, so.RateLimiter = maxAttempts, maxBackoff, ratelimit.None
+		})
 		// Objects carry their own CRC-32C; only send checksums the API
 		// requires, which every S3-compatible server understands.
 		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
