@@ -46,7 +46,19 @@ const (
 	// A segment is built in memory; a snapshot change larger than this is
 	// stored as a snapshot object (EncodeSnapshotFile), which streams.
 	maxSegmentSnapshot = 16 << 20
+	// MaxInMemoryObject bounds an object read whole into memory (a
+	// segment, the lease), compressed or not: lnvault writes segments of a
+	// batch of about a MiB, or of one change (a transaction of at most
+	// wire.DefaultMaxChange, a snapshot change of at most 16 MiB). A
+	// larger one is from a foreign or hostile store and is refused
+	// before it is held.
+	MaxInMemoryObject = 96 << 20
 )
+
+// MaxListed bounds a listing of the store: a replica compacted at the
+// default threshold holds about 100,000 objects. (A variable so that tests
+// can reach it quickly.)
+var MaxListed = 1 << 20
 
 var (
 	magic   = [4]byte{'L', 'N', 'V', 'O'}
@@ -234,6 +246,9 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	if err := checkHeader(h, rawLen); err != nil {
 		return h, nil, err
 	}
+	if rawLen > MaxInMemoryObject {
+		return h, nil, fmt.Errorf("body claims %d bytes, more than lnvault puts in an object read whole (%d)", rawLen, MaxInMemoryObject)
+	}
 	dec := decPool.Get().(*zstd.Decoder)
 	defer decPool.Put(dec)
 	if err := dec.Reset(bytes.NewReader(data[headerSize:])); err != nil {
@@ -242,9 +257,7 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	// Grow with the data actually decompressed, never trusting rawLen for
 	// the allocation; one byte more than announced is an error.
 	var buf bytes.Buffer
-	if rawLen < 64<<20 {
-		buf.Grow(int(rawLen))
-	}
+	buf.Grow(int(min(rawLen, 16<<20)))
 	n, err := io.Copy(&buf, io.LimitReader(dec, int64(rawLen)+1))
 	if err != nil {
 		return h, nil, fmt.Errorf("decompressing: %w", err)

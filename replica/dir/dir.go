@@ -227,6 +227,9 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	if fi, err := os.Stat(p); err == nil && fi.Size() > replica.MaxInMemoryObject {
+		return nil, "", fmt.Errorf("%s holds %d bytes, more than lnvault ever writes in such an object (%d): not an lnvault object: %w", p, fi.Size(), replica.MaxInMemoryObject, lnvault.ErrCorrupt)
+	}
 	data, err := os.ReadFile(p)
 	if err != nil {
 		return nil, "", err // *PathError wrapping fs.ErrNotExist when missing

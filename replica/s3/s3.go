@@ -107,10 +107,10 @@ func Open(ctx context.Context, u *url.URL, q url.Values) (*Store, error) {
 			return nil, fmt.Errorf("s3 URL parameter timeout=%q: want a duration of at least 100ms, such as 10s", v)
 		}
 	}
-	cfg.HTTPClient = awshttp.NewBuildableClient().
+	cfg.HTTPClient = boundedLists{awshttp.NewBuildableClient().
 		WithDialerOptions(func(d *net.Dialer) { d.Timeout = timeout }).
 		WithTransportOptions(func(tr *http.Transport) { tr.ResponseHeaderTimeout = timeout }).
-		WithReadTimeout(timeout)
+		WithReadTimeout(timeout)}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
@@ -133,6 +133,40 @@ func Open(ctx context.Context, u *url.URL, q url.Values) (*Store, error) {
 		return nil, s.explain("checking bucket", err)
 	}
 	return s, nil
+}
+
+// maxListResponse bounds the body of a listing's page: S3 sends at most
+// 1,000 keys, a few hundred KiB; a hostile store's endless page is cut here
+// instead of being decoded into memory.
+const maxListResponse = 16 << 20
+
+// boundedLists limits the bodies of answers to requests other than object
+// GETs (listings, multi-object deletes), which the SDK decodes in memory.
+type boundedLists struct{ c aws.HTTPClient }
+
+func (b boundedLists) Do(r *http.Request) (*http.Response, error) {
+	resp, err := b.c.Do(r)
+	if err == nil && r.URL.Query().Has("list-type") || err == nil && r.URL.Query().Has("delete") {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: maxListResponse}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, fmt.Errorf("the store's answer is longer than %d bytes, far more than an S3 listing page: a hostile or broken store", maxListResponse)
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.ReadCloser.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 func (s *Store) String() string {
@@ -245,14 +279,26 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, string, error) {
 		return nil, "", s.explain("reading "+key+" from", err)
 	}
 	defer out.Body.Close()
-	var buf bytes.Buffer
-	if out.ContentLength != nil && *out.ContentLength > 0 && *out.ContentLength < 1<<30 {
-		buf.Grow(int(*out.ContentLength))
+	if n := aws.ToInt64(out.ContentLength); n > replica.MaxInMemoryObject {
+		return nil, "", s.tooLarge(key, n)
 	}
-	if _, err := io.Copy(&buf, out.Body); err != nil {
+	var buf bytes.Buffer
+	if n := aws.ToInt64(out.ContentLength); n > 0 {
+		buf.Grow(int(n))
+	}
+	// The length announced may lie: never read more than the bound.
+	if _, err := io.Copy(&buf, io.LimitReader(out.Body, replica.MaxInMemoryObject+1)); err != nil {
 		return nil, "", s.explain("reading "+key+" from", err)
 	}
+	if buf.Len() > replica.MaxInMemoryObject {
+		return nil, "", s.tooLarge(key, int64(buf.Len()))
+	}
 	return buf.Bytes(), aws.ToString(out.ETag), nil
+}
+
+func (s *Store) tooLarge(key string, n int64) error {
+	return fmt.Errorf("s3: %s in %s holds at least %d bytes, more than lnvault ever writes in such an object (%d): not an lnvault object, or a hostile store; it was not read: %w",
+		key, s, n, replica.MaxInMemoryObject, lnvault.ErrCorrupt)
 }
 
 // GetTo downloads an object into w.
@@ -325,6 +371,9 @@ func (s *Store) List(ctx context.Context, prefix string) ([]replica.ObjectInfo, 
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, s.explain("listing", err)
+		}
+		if len(out)+len(page.Contents) > replica.MaxListed {
+			return nil, fmt.Errorf("s3: %s lists more than %d objects, far more than an lnvault replica holds (compact it, or is the prefix shared with something else?)", s, replica.MaxListed)
 		}
 		for _, o := range page.Contents {
 			key := strings.TrimPrefix(aws.ToString(o.Key), s.Prefix)
