@@ -46,6 +46,11 @@ type Config struct {
 	// that stopped reading). Default 1 minute.
 	WriteTimeout time.Duration
 	Logger       *slog.Logger
+	// MaxConns caps the open connections (default DefaultMaxConns): one
+	// more is closed at once. A connection holds at most Limits' bounds
+	// in memory (a writer's transaction, MaxChange; anyone's SCB
+	// envelope, MaxSCB); a non-writer's changes are discarded unread.
+	MaxConns int
 	// SCB, when set, is where the server keeps static channel backups that
 	// lnvault clients send with the protocol extension (see package wire);
 	// nil: the server offers no SCB feature. Any connection may store and
@@ -53,6 +58,10 @@ type Config struct {
 	// sequence, so the writer rule of the database log does not apply.
 	SCB scb.Store
 }
+
+// DefaultMaxConns is Config.MaxConns's default: a node's writer, its
+// compactions and SCB requests, a few restores and status queries.
+const DefaultMaxConns = 64
 
 // Server serves one backup.
 type Server struct {
@@ -92,6 +101,9 @@ type Server struct {
 func New(cfg Config, b lnvault.Backend) *Server {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = time.Minute
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -243,6 +255,11 @@ func (s *Server) track(nc net.Conn) bool {
 	if s.closing {
 		return false
 	}
+	if len(s.conns) >= s.cfg.MaxConns {
+		s.m.refusals.WithLabelValues("too_many_connections").Inc()
+		s.log.Warn("refusing a connection: too many open", "remote", nc.RemoteAddr().String(), "max_conns", s.cfg.MaxConns)
+		return false
+	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 		// A writer whose host died must not hold the writer role for hours.
@@ -308,6 +325,9 @@ func (c *conn) serve() {
 	log := s.log.With("remote", c.remote)
 	log.Debug("connection opened")
 	rd := wire.NewReader(c.nc, s.cfg.Limits)
+	// A change from a connection that cannot be the writer is refused from
+	// its header: never inflated nor spooled.
+	rd.Admit = func(wire.Type, uint32) bool { return s.mayWriteSoon(c) }
 	defer func() {
 		rd.Close()
 		c.nc.Close()
@@ -357,6 +377,29 @@ func (c *conn) serve() {
 // head is the backup's current head version, sent in ACK and NACK.
 func (s *Server) head() uint32 { return s.b.Metadata().Version }
 
+// mayWrite tells whether claimWriter(c) would succeed now.
+func (s *Server) mayWrite(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.writer
+	return w == nil || w == c || c.token != "" && w.token == c.token
+}
+
+// mayWriteSoon is mayWrite, giving a writer whose client just closed its
+// connection a moment to be noticed gone (its handler reads the EOF at
+// once): a client that reconnects at once is not refused for it.
+func (s *Server) mayWriteSoon(c *conn) bool {
+	for deadline := time.Now().Add(250 * time.Millisecond); ; {
+		if s.mayWrite(c) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // claimWriter makes c the writer if there is none, or if the writer's
 // connection belongs to the same client process as c (same writer token):
 // that client left the old connection (it timed out on it and reconnected),
@@ -403,6 +446,9 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 	s := c.s
 	switch p.Type {
 	case wire.TypeChange, wire.TypeSnapshot:
+		if p.Skipped {
+			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup (the change was discarded unread)")
+		}
 		start := time.Now()
 		kind := "change"
 		if p.Type == wire.TypeSnapshot {

@@ -376,19 +376,22 @@ func TestHostileClients(t *testing.T) {
 	_, writerErr := appendInBackground(c, changes)
 
 	ver := []byte{0, 0, 0, 1}
+	// Changes from a connection that is not the writer are discarded
+	// unread and refused (nack): the connection stays.
 	attacks := []struct {
 		name string
 		data []byte
 		half bool // close the write side after sending (truncated packet)
+		nack bool
 	}{
-		{"unknown type", rawPacket(0x42, []byte("hello")), false},
-		{"bad ack length", rawPacket(0x06, []byte{1, 2}), false},
-		{"oversized length", []byte{0x01, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 1}, false},
-		{"change zlib bomb", rawPacket(0x01, append(append([]byte{}, ver...), bomb...)), false},
-		{"snapshot zlib bomb", rawPacket(0x02, append(append([]byte{}, ver...), bomb...)), false},
-		{"not zlib", rawPacket(0x01, append(append([]byte{}, ver...), "plain text"...)), false},
-		{"truncated change", rawPacket(0x01, append(append([]byte{}, ver...), bomb[:1000]...))[:500], true},
-		{"truncated header", []byte{0x01, 0, 0}, true},
+		{"unknown type", rawPacket(0x42, []byte("hello")), false, false},
+		{"bad ack length", rawPacket(0x06, []byte{1, 2}), false, false},
+		{"oversized length", []byte{0x01, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 1}, false, false},
+		{"change zlib bomb", rawPacket(0x01, append(append([]byte{}, ver...), bomb...)), false, true},
+		{"snapshot zlib bomb", rawPacket(0x02, append(append([]byte{}, ver...), bomb...)), false, true},
+		{"not zlib", rawPacket(0x01, append(append([]byte{}, ver...), "plain text"...)), false, true},
+		{"truncated change", rawPacket(0x01, append(append([]byte{}, ver...), bomb[:1000]...))[:500], true, false},
+		{"truncated header", []byte{0x01, 0, 0}, true, false},
 	}
 	for round := 0; round < 2; round++ {
 		for _, a := range attacks {
@@ -405,6 +408,14 @@ func TestHostileClients(t *testing.T) {
 					conn.(*net.TCPConn).CloseWrite()
 				}
 			}()
+			if a.nack {
+				p, err := wire.NewReader(conn, wire.Limits{}).Next()
+				conn.Close()
+				if err != nil || p.Type != wire.TypeNack {
+					t.Fatalf("%s from a non-writer: answered %v, %v; want NACK", a.name, p.Type, err)
+				}
+				continue
+			}
 			// The server must close the connection, without answering ACK.
 			buf, err := io.ReadAll(conn)
 			conn.Close()
@@ -433,7 +444,8 @@ func TestHostileClients(t *testing.T) {
 	ts.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
-		`lnvault_server_refusals_total{reason="malformed"} 12`,
+		`lnvault_server_refusals_total{reason="malformed"} 6`,
+		`lnvault_server_refusals_total{reason="second_writer"} 6`,
 		`lnvault_server_changes_received_total{kind="change"} 600`,
 		"lnvault_server_ack_latency_seconds_count 600",
 		fmt.Sprintf("lnvault_server_backup_version %d", changes[len(changes)-1].Version),

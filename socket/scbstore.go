@@ -100,6 +100,11 @@ func (s *SCBStore) Put(ctx context.Context, env []byte) (scb.Version, error) {
 }
 
 // List implements scb.Store.
+// MaxSCBVersions bounds the versions a server may list (each is held in
+// memory): a node that opened or closed a channel every minute for two
+// years would have made about a million. (A variable for tests.)
+var MaxSCBVersions = 1 << 20
+
 func (s *SCBStore) List(ctx context.Context) ([]scb.Version, error) {
 	c, err := s.connect(ctx)
 	if err != nil {
@@ -118,6 +123,9 @@ func (s *SCBStore) List(ctx context.Context) ([]scb.Version, error) {
 			}
 			return out, nil
 		case wire.TypeSCBVersions:
+			if len(out)+len(p.SCBVersions) > MaxSCBVersions {
+				return nil, &protocolError{fmt.Sprintf("backup server %s lists more than %d static channel backup versions, far more than a node makes (a hostile or broken server)", s.cfg.Addr(), MaxSCBVersions)}
+			}
 			for _, wv := range p.SCBVersions {
 				v, err := SCBVersionFromWire(wv)
 				if err != nil {

@@ -2,6 +2,7 @@ package socket
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -53,5 +54,57 @@ func TestOpenSCBStoreURL(t *testing.T) {
 	}
 	if _, err := scb.OpenStore(t.Context(), "socket:nohost", scb.StoreOptions{}); err == nil || !strings.Contains(err.Error(), "port missing") {
 		t.Fatalf("bad URL: %v", err)
+	}
+}
+
+// A hostile server answers SCB_LIST with versions without end: the client
+// stops at MaxSCBVersions with a clear error, holding no more than that.
+func TestHostileSCBListBounded(t *testing.T) {
+	defer func(n int) { MaxSCBVersions = n }(MaxSCBVersions)
+	MaxSCBVersions = 5000
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		rd, wr := wire.NewReader(c, wire.Limits{}), wire.NewWriter(c)
+		page := make([]wire.SCBVersion, wire.SCBVersionsPerPacket)
+		for {
+			p, err := rd.Next()
+			if err != nil {
+				return
+			}
+			switch p.Type {
+			case wire.TypeHello:
+				wr.WriteFeatures(wire.TypeFeatures, []string{wire.FeatureSCB})
+			case wire.TypeReqMetadata:
+				wr.WriteMetadata(lnvault.Metadata{})
+			case wire.TypeSCBList:
+				for seq := uint64(1); ; {
+					for i := range page {
+						id := scb.VersionID(seq, time.Unix(1, 0))
+						page[i] = wire.SCBVersion{ID: id, Seq: seq, Stored: time.Unix(1, 0).UTC(), Kind: "cln-scb", Size: 1}
+						seq++
+					}
+					if err := wr.WriteSCBVersions(page); err != nil {
+						return
+					}
+				}
+			}
+		}
+	}()
+	st, err := OpenSCBStore("socket:"+ln.Addr().String()+"?timeout=5s", scb.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.List(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "lists more than 5000 static channel backup versions") {
+		t.Fatalf("endless SCB_LIST: %v", err)
 	}
 }

@@ -173,6 +173,9 @@ type Packet struct {
 	// Change: CHANGE and SNAPSHOT. A snapshot's reader is valid until the
 	// next call to Next or Close.
 	Change *lnvault.Change
+	// Skipped: a CHANGE or SNAPSHOT that Reader.Admit refused: its payload
+	// was discarded unread (Change is nil).
+	Skipped bool
 	// Stats: COMPACT_RES.
 	Stats lnvault.CompactStats
 
@@ -405,6 +408,12 @@ func (wr *Writer) WriteCompactResult(s lnvault.CompactStats) error {
 
 // Reader decodes packets from a stream. It is not safe for concurrent use.
 type Reader struct {
+	// Admit, when set, is asked about each CHANGE and SNAPSHOT from its
+	// header alone (type and version); a refused one is discarded without
+	// being inflated or spooled, and returned with Skipped set. A server
+	// refuses a non-writer's changes so: they cost it no memory or disk.
+	Admit func(t Type, version uint32) bool
+
 	br    *bufio.Reader
 	lim   Limits
 	lr    limitedByteReader
@@ -513,6 +522,13 @@ func (rd *Reader) Next() (Packet, error) {
 		}
 		p.Version = binary.BigEndian.Uint32(rd.hdr[:4])
 		p.HasVersion = true
+		if rd.Admit != nil && !rd.Admit(p.Type, p.Version) {
+			if _, err := io.CopyN(io.Discard, rd.br, int64(n)-4); err != nil {
+				return p, fmt.Errorf("skipping a refused %v payload: %w", p.Type, eofIsUnexpected(err))
+			}
+			p.Skipped = true
+			return p, nil
+		}
 		rd.lr = limitedByteReader{br: rd.br, n: int64(n) - 4}
 		var err error
 		if p.Type == TypeChange {
