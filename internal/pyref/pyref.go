@@ -181,3 +181,7 @@ func freeAddr(t testing.TB) string {
 	l.Close()
 	return "127.0.0.1:" + strconv.Itoa(port)
 }
+
+// Plugin is the path of the reference plugin (backup.py run with Debian's
+// python3 and the pyln shim), for lightningd or the harness.
+func Plugin(d string) string { return filepath.Join(d, "backup-plugin") }
