@@ -15,6 +15,8 @@ import (
 	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
+	"github.com/lnvault/lnvault/internal/s3test"
+	_ "github.com/lnvault/lnvault/replica/s3"
 )
 
 // The test binary is also the plugin the harness starts.
@@ -139,12 +141,39 @@ func BenchmarkCompactUnderLoad(b *testing.B) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		b.Fatal(err)
 	}
+	compactUnderLoad(b, "file://"+path, dir)
+}
+
+// BenchmarkCompactUnderLoadS3 is BenchmarkCompactUnderLoad with an s3://
+// destination (versitygw) in backup.lock, holding the corpus as 2,994
+// one-change segments, as the plugin writes them.
+func BenchmarkCompactUnderLoadS3(b *testing.B) {
+	endpoint, bucket := s3test.Start(b)
+	u := s3test.URL(endpoint, bucket, "bench")
+	ctx := context.Background()
+	bk, err := lnvault.Open(ctx, u, lnvault.OpenOptions{Create: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, r := range corpus.MustLoad() {
+		if err := bk.Append(ctx, r.Change()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := bk.Close(); err != nil {
+		b.Fatal(err)
+	}
+	compactUnderLoad(b, u, b.TempDir())
+}
+
+// compactUnderLoad runs the plugin on the backup at url, holding the corpus.
+func compactUnderLoad(b *testing.B, url, dir string) {
 	h, err := harness.New(harness.Config{Bin: os.Args[0], Dir: filepath.Join(dir, "node"), NoNodeDB: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	if err := backupplugin.WriteLock(h.NetDir(), backupplugin.Lock{BackendURL: "file://" + path}); err != nil {
+	if err := backupplugin.WriteLock(h.NetDir(), backupplugin.Lock{BackendURL: url}); err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()

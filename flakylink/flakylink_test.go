@@ -333,10 +333,14 @@ func span(vs []uint32) string {
 	return fmt.Sprintf("versions %d..%d", vs[0], vs[len(vs)-1])
 }
 
-// report logs the waits per fault and fails on a write that waited longer
-// than bound or failed.
+// report logs the waits per fault and fails on a write that failed, or that
+// waited longer under a fault than bound plus the longest wait without one
+// in the same run (the disk's fsync and the machine's load, which no link
+// fault explains).
 func report(t *testing.T, w waits, bound time.Duration) {
 	t.Helper()
+	noise := harness.Summarize(w.byFault["no fault"]).Max
+	t.Logf("the longest db_write without a fault: %v; a fault may add at most %v", noise.Round(time.Millisecond), bound)
 	var names []string
 	for n := range w.byFault {
 		names = append(names, n)
@@ -357,8 +361,9 @@ func report(t *testing.T, w waits, bound time.Duration) {
 		failed += w.failed[n]
 		lines = append(lines, fmt.Sprintf("%-62s faults %3d  writes %4d  failed %d  p99 %6v  max %6v",
 			n, w.count[n], st.N, w.failed[n], st.P99.Round(time.Millisecond), st.Max.Round(time.Millisecond)))
-		if st.Max > bound {
-			t.Errorf("under %q a db_write waited %v, more than the timeout plus one reconnection (%v)", n, st.Max.Round(time.Millisecond), bound)
+		if n != "no fault" && st.Max > bound+noise {
+			t.Errorf("under %q a db_write waited %v, more than the timeout plus one reconnection (%v) over the longest wait without a fault (%v)",
+				n, st.Max.Round(time.Millisecond), bound, noise.Round(time.Millisecond))
 		}
 	}
 	t.Logf("db_write waits per fault type:\n%s", strings.Join(lines, "\n"))

@@ -75,7 +75,9 @@ func TestHostileStoreBounded(t *testing.T) {
 		t.Fatalf("endless object: %v", err)
 	}
 	runtime.ReadMemStats(&after)
-	if grew := after.TotalAlloc - before.TotalAlloc; grew > 3*replica.MaxInMemoryObject {
+	// Bounded: a few times the bound (buffer doubling; more under -race),
+	// where an unbounded read would never end.
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8*replica.MaxInMemoryObject {
 		t.Fatalf("reading the endless object allocated %d MiB", grew>>20)
 	}
 	defer func(n int) { replica.MaxListed = n }(replica.MaxListed)
