@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault/backupplugin"
-	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/realnode"
 )
@@ -167,42 +165,14 @@ func (nw *network) startL1(ctx context.Context) error {
 // backupVersion is the head of l1's backup.
 func (nw *network) backupVersion(tb testing.TB) uint32 {
 	tb.Helper()
-	out, err := lnvault("status", nw.backup, "--json")
-	if err != nil {
-		tb.Fatalf("lnvault status: %v: %s", err, out)
-	}
-	var st struct {
-		Metadata struct {
-			Version uint32 `json:"version"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		tb.Fatalf("lnvault status --json: %v: %s", err, out)
-	}
-	return st.Metadata.Version
+	return headVersion(tb, nw.backup)
 }
 
 // checkRestore restores l1's backup (l1 stopped) and compares its dump with
 // l1's database.
 func (nw *network) checkRestore(tb testing.TB, when string) {
 	tb.Helper()
-	dest := filepath.Join(tb.TempDir(), "restored.sqlite3")
-	if out, err := lnvault("restore", nw.backup, dest); err != nil {
-		tb.Fatalf("%s: lnvault restore: %v: %s", when, err, out)
-	}
-	want, err := dumphash.Of(nw.l1.DBPath())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	got, err := dumphash.Of(dest)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if got != want {
-		nv, _ := realnode.DataVersion(nw.l1.DBPath())
-		rv, _ := realnode.DataVersion(dest)
-		tb.Fatalf("%s: the restored database differs from the node's (node data_version %d, restored %d)", when, nv, rv)
-	}
+	restoreEquals(tb, nw.backup, nw.l1.DBPath(), when)
 }
 
 // payLoop pays from l1 to l2 (and back every third time) until stop is

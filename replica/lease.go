@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -140,13 +141,28 @@ func (h *leaseHolder) waitFree(ctx context.Context, cur Lease, etag string) (str
 	return etag, nil
 }
 
-// processAlive tells whether a process of this host has pid.
+// processAlive tells whether a process of this host has pid. A zombie is
+// dead: a plugin killed with lightningd's process group is reparented, and
+// stays a zombie where nothing reaps orphans (a container's init).
 func processAlive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+		switch stat[i+2] {
+		case 'Z', 'X', 'x':
+			return false
+		}
+	}
+	return true
 }
 
 func (h *leaseHolder) renewLoop() {

@@ -1,7 +1,9 @@
 package replica_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"errors"
 	"os"
 	"os/exec"
@@ -153,18 +155,45 @@ func TestOpenRefusesStoreIgnoringConditions(t *testing.T) {
 // waiting. A live one on this host is not (TestLeaseSecondWriter in
 // replica/s3).
 func TestLeaseOfDeadLocalProcessTakenAtOnce(t *testing.T) {
+	t.Run("reaped", func(t *testing.T) {
+		cmd := exec.Command("true")
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		leaseOfDeadTaken(t, cmd.Process.Pid)
+	})
+	// A plugin killed with lightningd's process group is reparented; where
+	// nothing reaps orphans (a container) it stays a zombie. (Seen on a
+	// real node: its restart was refused for the lease's whole TTL.)
+	t.Run("zombie", func(t *testing.T) {
+		cmd := exec.Command("true")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		stat := fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			b, _ := os.ReadFile(stat)
+			if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the child did not become a zombie")
+			}
+		}
+		leaseOfDeadTaken(t, cmd.Process.Pid)
+	})
+}
+
+func leaseOfDeadTaken(t *testing.T, pid int) {
 	ctx := context.Background()
 	c := newDirClient(t)
-	cmd := exec.Command("true")
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
 	host, _ := os.Hostname()
 	ns, err := os.Readlink("/proc/self/ns/pid")
 	if err != nil {
 		t.Fatalf("no /proc/self/ns/pid here (lnvault runs on Linux): %v", err)
 	}
-	l := replica.Lease{Owner: "crashed", Host: host, PID: cmd.Process.Pid, PIDNS: ns, Expires: time.Now().Add(time.Hour), TTL: time.Hour}
+	l := replica.Lease{Owner: "crashed", Host: host, PID: pid, PIDNS: ns, Expires: time.Now().Add(time.Hour), TTL: time.Hour}
 	if _, err := c.WriteLease(ctx, l, ""); err != nil {
 		t.Fatal(err)
 	}

@@ -599,3 +599,38 @@ func DataVersion(path string) (uint32, error) {
 
 // JSON decodes raw JSON output into v.
 func JSON(raw []byte, v any) error { return json.Unmarshal(raw, v) }
+
+// DataVersionAfterCrash is DataVersion of a database whose writer was
+// killed: a hot journal must be rolled back to read it, which a read-only
+// open cannot do. It reads a copy (with its journal or WAL), leaving the
+// node's files for lightningd to recover.
+func DataVersionAfterCrash(path string) (uint32, error) {
+	dir, err := os.MkdirTemp("", "lnv-dv-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	dst := filepath.Join(dir, filepath.Base(path))
+	for _, suffix := range []string{"", "-journal", "-wal"} {
+		data, err := os.ReadFile(path + suffix)
+		if errors.Is(err, os.ErrNotExist) && suffix != "" {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if err := os.WriteFile(dst+suffix, data, 0o600); err != nil {
+			return 0, err
+		}
+	}
+	out, err := exec.Command("sqlite3", dst, "SELECT intval FROM vars WHERE name='data_version'").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return 0, fmt.Errorf("sqlite3 %s (a copy of %s): %w: %s", dst, path, err, ee.Stderr)
+		}
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 32)
+	return uint32(v), err
+}
