@@ -59,9 +59,12 @@ type Backend struct {
 	// when that one is half-open. noHello: the server takes no HELLO.
 	token   [8]byte
 	noHello bool
-	// helloClosed counts connections in a row closed on HELLO: a
-	// reference server closes every one, a network fault one now and then.
+	// helloClosed counts connections in a row closed on HELLO while one
+	// without HELLO then worked: a reference server closes every one, a
+	// network fault one now and then. sawFeatures: the server answered
+	// HELLO once (an lnvault server): a close on HELLO is a fault.
 	helloClosed int
+	sawFeatures bool
 
 	metaMu sync.Mutex
 	meta   lnvault.Metadata
@@ -144,15 +147,19 @@ func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
 func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 	m, err := b.dialLocked(ctx, !b.noHello)
 	var ce *helloClosedError
-	if errors.As(err, &ce) {
-		// A reference server closes the connection on HELLO; after the
-		// third time in a row it is spoken to as the reference client
-		// does from then on.
-		if b.helloClosed++; b.helloClosed >= 3 {
-			b.noHello = true
-			b.log.Info("the backup server takes no HELLO (a reference server): if this client's connection goes half-open, its reconnection is refused as a second writer until the server's TCP keepalive closes the old one", "why", ce.err)
-		}
+	if errors.As(err, &ce) && !b.sawFeatures {
+		// A reference server closes the connection on HELLO (an lnvault
+		// server, once seen answering it, never does: a close is then a
+		// network fault, retried as one, with HELLO). After the third
+		// time in a row that a connection without HELLO then works, the
+		// server is spoken to as the reference client does.
 		m, err = b.dialLocked(ctx, false)
+		if err == nil {
+			if b.helloClosed++; b.helloClosed >= 3 {
+				b.noHello = true
+				b.log.Info("the backup server takes no HELLO (a reference server): if this client's connection goes half-open, its reconnection is refused as a second writer until the server's TCP keepalive closes the old one", "why", ce.err)
+			}
+		}
 	}
 	return m, err
 }
@@ -161,6 +168,7 @@ func (b *Backend) connectLocked(ctx context.Context) (lnvault.Metadata, error) {
 type helloClosedError struct{ err error }
 
 func (e *helloClosedError) Error() string { return "connection closed on HELLO: " + e.err.Error() }
+func (e *helloClosedError) Unwrap() error { return e.err }
 
 func (b *Backend) dialLocked(ctx context.Context, hello bool) (lnvault.Metadata, error) {
 	b.dropLocked()
@@ -244,6 +252,9 @@ func (b *Backend) helloMetadataLocked(ctx context.Context) (lnvault.Metadata, er
 		return lnvault.Metadata{}, err
 	}
 	b.helloClosed = 0
+	if p.Type == wire.TypeFeatures {
+		b.sawFeatures = true
+	}
 	if p.Type != wire.TypeMetadata {
 		if p.Type != wire.TypeFeatures {
 			b.noHello = true
