@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -29,7 +30,9 @@ func killsPerDestination() int {
 // once, file:). After each kill the backup is at the node's version or one
 // ahead (the change acknowledged but not committed, rewound at the next
 // start); after the kills and a quiet stop every destination restores to
-// exactly the node's database.
+// exactly the node's database. Then the disaster drill on that destination:
+// the database deleted, restored by lnvault restore, the node started, its
+// channel normal and payments going both ways.
 func TestPaymentsUnderCrashes(t *testing.T) {
 	nw := getNetwork(t)
 	ctx := testCtx(t, 40*time.Minute)
@@ -49,7 +52,7 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 		{"file:", []string{fileURL}},
 	}
 	kills := killsPerDestination()
-	total, payments := 0, 0
+	total, payments, drills := 0, 0, 0
 	for _, d := range dests {
 		// As an operator moves a node to a new destination: stop it, init
 		// the destination from its database, start it.
@@ -92,16 +95,34 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 		for _, u := range d.urls {
 			restoreEquals(t, u, nw.l1.DBPath(), fmt.Sprintf("%s after %d kills", d.name, kills))
 		}
-		if err := nw.startL1(ctx); err != nil {
+		// The disaster drill: the database is lost; lnvault restore
+		// brings it back from the destination; the node starts, its
+		// channel is there, and payments work both ways.
+		if err := os.Remove(nw.l1.DBPath()); err != nil {
 			t.Fatal(err)
 		}
+		if out, err := lnvault("restore", d.urls[len(d.urls)-1], nw.l1.DBPath()); err != nil {
+			t.Fatalf("%s: the drill's restore: %v: %s", d.name, err, out)
+		}
+		if err := nw.startL1(ctx); err != nil {
+			t.Fatalf("%s: start after the drill's restore: %v\n%s", d.name, err, nw.l1.LogTail(30))
+		}
+		for i := range 3 {
+			if err := realnode.PayFrom(ctx, nw.l1, nw.l2, 20_000, nw.label()); err != nil {
+				t.Fatalf("%s: payment %d out after the drill: %v", d.name, i, err)
+			}
+			if err := realnode.PayFrom(ctx, nw.l2, nw.l1, 10_000, nw.label()); err != nil {
+				t.Fatalf("%s: payment %d in after the drill: %v", d.name, i, err)
+			}
+		}
+		drills++
 	}
 	// The other tests go on with the file: destination.
 	nw.backup = fileURL
 	if payments == 0 {
 		t.Fatal("no payment went through: the kills were not busy")
 	}
-	t.Logf("%d SIGKILLs of l1's process group (%d per destination kind) while %d payments went through: every restart succeeded, every destination restored exactly", total, kills, payments)
+	t.Logf("%d SIGKILLs of l1's process group (%d per destination kind) while %d payments went through: every restart succeeded, every destination restored exactly; %d disaster drills (database deleted, restored, payments both ways)", total, kills, payments, drills)
 }
 
 // headVersion is the head version of the backup at url.
