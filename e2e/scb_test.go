@@ -127,13 +127,5 @@ func shippedChannels(tb testing.TB, url string) []string {
 
 func shippedVersions(tb testing.TB, url string) []json.RawMessage {
 	tb.Helper()
-	out, err := lnvault("scb", "list", url, "--json", "--kind", string(scb.KindCLN))
-	if err != nil {
-		tb.Fatalf("lnvault scb list: %v: %s", err, out)
-	}
-	var vs []json.RawMessage
-	if err := json.Unmarshal([]byte(out), &vs); err != nil {
-		tb.Fatal(err)
-	}
-	return vs
+	return shippedVersionsOf(tb, url, scb.KindCLN)
 }
