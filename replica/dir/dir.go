@@ -77,6 +77,26 @@ func (s *Store) PutFile(ctx context.Context, key string, src *os.File, size int6
 // write creates the object at key with fill: a temp file, fsync'd, renamed
 // into place, the directory fsync'd.
 func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error) error {
+	return s.place(ctx, key, fill, os.Rename)
+}
+
+// create writes data at key only if no object is there, as write does but
+// hard-linking the temp file into place: link fails where the name exists,
+// so the check and the creation are one step.
+func (s *Store) create(ctx context.Context, key string, data []byte) error {
+	err := s.place(ctx, key, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	}, os.Link)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+	}
+	return err
+}
+
+// place fills a temp file beside key's path, fsyncs it, moves it to the
+// path with move (rename or link), and fsyncs the directory.
+func (s *Store) place(ctx context.Context, key string, fill func(*os.File) error, move func(from, to string) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -93,6 +113,7 @@ func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error
 		return err
 	}
 	tmp := f.Name()
+	defer os.Remove(tmp) // gone after a rename; the extra name after a link
 	err = fill(f)
 	if err == nil {
 		err = f.Sync()
@@ -101,48 +122,7 @@ func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	return syncDir(d)
-}
-
-// create writes data at key only if no object is there: a temp file,
-// fsync'd, hard-linked into place (link fails where the name exists, so the
-// check and the creation are one step), the directory fsync'd.
-func (s *Store) create(ctx context.Context, key string, data []byte) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	p, err := s.path(key)
-	if err != nil {
-		return err
-	}
-	d := filepath.Dir(p)
-	if err := mkdirAllSync(s.Root, d); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(d, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Link(tmp, p)
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
+		err = move(tmp, p)
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", p, err)
