@@ -260,6 +260,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitHealthy waits until every SCB destination is up to date: the keeper
+// marks them after its last store, a moment after the first copy is visible.
+func waitHealthy(t *testing.T, n *node) {
+	t.Helper()
+	waitFor(t, "a healthy SCB status", func() bool { _, ext := n.status(); return ext.Healthy })
+}
+
 func last(vs [][]byte) []byte {
 	if len(vs) == 0 {
 		return nil
@@ -352,6 +359,7 @@ func TestBurstsReachEveryDestination(t *testing.T) {
 		t.Fatalf("local copy archive holds %d versions, want %d", len(arch), len(sets)-1)
 	}
 
+	waitHealthy(t, n)
 	st, ext := n.status()
 	if len(st.Destinations) != 2 || ext.State != "running" || !ext.Healthy || ext.Encrypted || ext.CLN == nil {
 		t.Fatalf("backup-status: %+v %+v", st, ext)
@@ -524,6 +532,7 @@ func TestEncryptedDestinations(t *testing.T) {
 	if !bytes.Equal(n.localCopy(), want) {
 		t.Fatal("the local copy is not the plain set")
 	}
+	waitHealthy(t, n)
 	_, ext := n.status()
 	if !ext.Encrypted || !ext.Healthy {
 		t.Fatalf("status: %+v", ext)
@@ -560,7 +569,15 @@ func TestSchemeWithoutStoreSkipped(t *testing.T) {
 	n.ch.set(1, 0)
 	n.start()
 	want := n.ch.packed(t)
-	waitFor(t, "the set", func() bool { return bytes.Equal(last(n.versions(0, scb.KindCLN)), want) })
+	// The keeper marks its destinations up to date after the last store, so
+	// wait for health too, not only for the first destination's copy.
+	waitFor(t, "the set", func() bool {
+		if !bytes.Equal(last(n.versions(0, scb.KindCLN)), want) {
+			return false
+		}
+		_, ext := n.status()
+		return ext.Healthy
+	})
 	_, ext := n.status()
 	if len(ext.Skipped) != 1 || !strings.HasPrefix(ext.Skipped[0].URL, "alias://") || len(ext.CLN.Destinations) != 2 || !ext.Healthy {
 		t.Fatalf("status: %+v", ext)
@@ -632,6 +649,7 @@ func TestS3Destination(t *testing.T) {
 	if err != nil || len(vs) != 3 {
 		t.Fatalf("%d versions on S3 (%v), want 3", len(vs), err)
 	}
+	waitHealthy(t, n)
 	stat, ext := n.status()
 	if !stat.Destinations[0].OK || !ext.Healthy || len(ext.CLN.Destinations) != 2 {
 		t.Fatalf("status: %+v %+v", stat, ext)
