@@ -673,3 +673,44 @@ func TestClientCompression(t *testing.T) {
 		t.Fatalf("bytes on the wire for %d bytes of statements: %v", raw, wireBytes)
 	}
 }
+
+// A node starting while its backup server is briefly away waits for it with
+// the URL's retry budget; a reader (the CLI) is told at once.
+func TestWriterOpenRidesOutAnAbsentServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	url := "socket:" + addr + "?retries=6&retry_delay=100ms&timeout=2s"
+	if r, err := socket.Open(context.Background(), url, lnvault.OpenOptions{ReadOnly: true, Logger: testLogger(t)}); err == nil {
+		r.Close()
+		t.Fatal("a reader opened a server that is not there")
+	}
+	b, err := lnvault.Open(context.Background(), "file://"+filepath.Join(t.TempDir(), "b.dbak"), lnvault.OpenOptions{Create: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- server.New(server.Config{Logger: testLogger(t)}, b).Serve(ctx, ln)
+	}()
+	w := openSocket(t, url, lnvault.OpenOptions{})
+	if err := w.Append(ctx, &lnvault.Change{Version: 1, Kind: lnvault.KindTransaction, Statements: []string{"CREATE TABLE t(x)"}}); err != nil {
+		t.Fatalf("append after the server came up: %v", err)
+	}
+	w.Close()
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+}

@@ -85,7 +85,7 @@ func Open(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (*Backen
 	b.noHello = opts.ReadOnly // only a writer needs to be told apart
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	m, err := b.connectLocked(ctx)
+	m, err := b.openLocked(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +95,46 @@ func Open(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (*Backen
 	}
 	b.setMeta(m)
 	return b, nil
+}
+
+// openLocked connects. A writer (a node starting) rides out a link or
+// server that is briefly away with the same retry budget as a change; a
+// reader (the CLI) is told at once.
+func (b *Backend) openLocked(ctx context.Context) (lnvault.Metadata, error) {
+	delay := b.cfg.RetryDelay
+	for attempt := 0; ; attempt++ {
+		m, err := b.connectLocked(ctx)
+		if err == nil || b.opts.ReadOnly || !retryable(err) || ctx.Err() != nil {
+			return m, err
+		}
+		if attempt >= b.cfg.Retries {
+			return m, fmt.Errorf("no answer after %d reconnection attempts (retries= and retry_delay= in the URL): %w", attempt, err)
+		}
+		b.log.Warn("cannot reach the backup server, retrying", "attempt", attempt+1, "of", b.cfg.Retries, "delay", delay, "err", err)
+		if err := sleepCtx(ctx, delay); err != nil {
+			return m, fmt.Errorf("connecting to backup server %s: %w", b.cfg.Addr(), err)
+		}
+		delay = time.Duration(float64(delay) * retryBackoff)
+	}
+}
+
+// retryable: a lost or silent connection, or a failed dial. Everything
+// else (a refusal, a protocol error) is final.
+func retryable(err error) bool {
+	var ne *netError
+	var oe *net.OpError
+	return errors.As(err, &ne) || errors.As(err, &oe) || isNetErr(err)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // Config returns the parsed URL.
@@ -430,17 +470,11 @@ func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata,
 			return nil
 		}
 		var ne *netError
-		var dialFailed bool
-		if !errors.As(err, &ne) {
-			// A failed dial is worth retrying too; everything else is final.
-			var oe *net.OpError
-			dialFailed = errors.As(err, &oe) || isNetErr(err)
-			if !dialFailed || ctx.Err() != nil {
-				if _, ok := err.(*protocolError); ok {
-					b.dropLocked()
-				}
-				return err
+		if !errors.As(err, &ne) && (!retryable(err) || ctx.Err() != nil) {
+			if _, ok := err.(*protocolError); ok {
+				b.dropLocked()
 			}
+			return err
 		}
 		b.dropLocked()
 		lastErr = err
@@ -451,12 +485,8 @@ func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata,
 			return fmt.Errorf("%s not acknowledged after %d reconnection attempts: %w", what, attempt, lastErr)
 		}
 		b.log.Warn("connection to backup server lost, reconnecting", "what", what, "attempt", attempt+1, "of", b.cfg.Retries, "delay", delay, "err", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%s: %w (after: %v)", what, ctx.Err(), lastErr)
-		case <-t.C:
+		if err := sleepCtx(ctx, delay); err != nil {
+			return fmt.Errorf("%s: %w (after: %v)", what, err, lastErr)
 		}
 		delay = time.Duration(float64(delay) * retryBackoff)
 	}
@@ -737,7 +767,7 @@ func (b *Backend) streamOn(ctx context.Context, conn net.Conn, first time.Durati
 		switch p.Type {
 		case wire.TypeChange, wire.TypeSnapshot:
 			n++
-			if n > 1 && p.Version != last && p.Version != last+1 && p.Type == wire.TypeChange {
+			if n > 1 && !lnvault.Follows(last, p.Version, p.Change.Kind) {
 				return &lnvault.CorruptError{Offset: -1, Version: last, Reason: fmt.Sprintf("the server's restore stream jumps from version %d to %d", last, p.Version)}
 			}
 			last = p.Version

@@ -1,7 +1,7 @@
 package harness
 
 import (
-	"net"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,21 +25,15 @@ type ServerProc struct {
 	log    *os.File
 }
 
-// NewServerProc prepares a server of the store at url on a free loopback
-// port; Start runs it.
+// NewServerProc prepares a server of the store at url; Start runs it on a
+// port the kernel picks (Addr is known once it listens).
 func NewServerProc(t testing.TB, bin, url string) *ServerProc {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	logf, err := os.Create(filepath.Join(t.TempDir(), "server.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &ServerProc{t: t, bin: bin, URL: url, Addr: addr, log: logf}
+	s := &ServerProc{t: t, bin: bin, URL: url, log: logf}
 	t.Cleanup(func() {
 		s.Kill()
 		logf.Close()
@@ -48,7 +42,11 @@ func NewServerProc(t testing.TB, bin, url string) *ServerProc {
 }
 
 // Start starts the server (with --create, creating the store) and waits
-// until it accepts connections.
+// until it logs that it listens. The first start listens on port 0 and
+// reads the port from that line (a port picked by listening and closing
+// can be taken by a parallel test before the server binds it, and a
+// readiness dial would then reach that test's listener); later starts
+// reuse Addr, as a restarted server does.
 func (s *ServerProc) Start(create bool) {
 	s.t.Helper()
 	args := []string{"server", "--scb", "none"}
@@ -56,7 +54,12 @@ func (s *ServerProc) Start(create bool) {
 		args = append(args, "--create")
 	}
 	args = append(args, s.Extra...)
-	s.cmd = exec.Command(s.bin, append(args, s.URL, s.Addr)...)
+	addr := s.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	from, _ := s.log.Seek(0, io.SeekEnd)
+	s.cmd = exec.Command(s.bin, append(args, s.URL, addr)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -67,9 +70,8 @@ func (s *ServerProc) Start(create bool) {
 	go func() { cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
-		if err == nil {
-			c.Close()
+		if got := s.listening(from); got != "" {
+			s.Addr = got
 			return
 		}
 		select {
@@ -78,10 +80,30 @@ func (s *ServerProc) Start(create bool) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("lnvault server does not listen on %s: %s", s.Addr, s.Tail())
+			s.t.Fatalf("lnvault server does not listen on %s: %s", addr, s.Tail())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// listening returns the address of the first "backup server listening"
+// line the server logged after offset from, or "".
+func (s *ServerProc) listening(from int64) string {
+	b, err := os.ReadFile(s.log.Name())
+	if err != nil || int64(len(b)) < from {
+		return ""
+	}
+	for _, line := range strings.Split(string(b[from:]), "\n") {
+		if !strings.Contains(line, "backup server listening") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if a, ok := strings.CutPrefix(f, "addr="); ok {
+				return strings.Trim(a, `"`)
+			}
+		}
+	}
+	return ""
 }
 
 // Stop stops the server as its operator does (SIGTERM): it finishes what is

@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 
@@ -39,12 +38,6 @@ var nameSeq struct {
 // Start runs a proxy to upstream (host:port) until the test ends.
 func Start(tb testing.TB, upstream string) *Proxy {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // toxiproxy listens itself; the port is free again
 	// Toxics log through zerolog's global logger, at trace level.
 	zerolog.SetGlobalLevel(zerolog.Disabled)
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
@@ -52,9 +45,12 @@ func Start(tb testing.TB, upstream string) *Proxy {
 	nameSeq.n++
 	name := fmt.Sprintf("netfault%d", nameSeq.n)
 	nameSeq.Unlock()
-	p := toxiproxy.NewProxy(srv, name, addr, upstream)
+	// Port 0: toxiproxy binds it and records the port it got, which Down/Up
+	// then reuse (a port picked by listening and closing can be taken by a
+	// parallel test before toxiproxy binds it).
+	p := toxiproxy.NewProxy(srv, name, "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
-		tb.Fatalf("starting toxiproxy on %s: %v", addr, err)
+		tb.Fatalf("starting toxiproxy to %s: %v", upstream, err)
 	}
 	tb.Cleanup(p.Stop)
 	return &Proxy{p: p, live: map[string]bool{}}
