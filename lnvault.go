@@ -225,13 +225,19 @@ func CheckNext(head Metadata, next uint32, kind Kind) error {
 	if head.Version == 0 && head.VersionCount == 0 {
 		return nil
 	}
-	if next == head.Version+1 || next == head.Version {
-		return nil
-	}
-	if kind == KindSnapshot && next > head.Version {
+	if Follows(head.Version, next, kind) {
 		return nil
 	}
 	return fmt.Errorf("%w: head is %d, got %s %d", ErrVersion, head.Version, kind, next)
+}
+
+// Follows is the one rule of version continuity, for writers and readers
+// alike: a change of version next and kind may come right after one of
+// version prev if it is the next version, a repeat (migrations send their
+// PRAGMA foreign_keys payload with the previous data_version), or a snapshot
+// further ahead.
+func Follows(prev, next uint32, kind Kind) bool {
+	return next == prev+1 || next == prev || (kind == KindSnapshot && next > prev)
 }
 
 // IsPragmaOnly tells whether a db_write carries only `PRAGMA foreign_keys`

@@ -145,7 +145,7 @@ func (v *Vault) Write(ctx context.Context, version uint32, writes []string) erro
 	var err error
 	if !v.started {
 		err = v.first(ctx, c)
-	} else if version != v.last && version != v.last+1 {
+	} else if !lnvault.Follows(v.last, version, lnvault.KindTransaction) {
 		err = fmt.Errorf("%w: db_write data_version %d after %d", lnvault.ErrVersion, version, v.last)
 	} else {
 		err = v.append(ctx, c)

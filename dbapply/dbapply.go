@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/durable"
 	"modernc.org/sqlite" // the "sqlite" driver (no cgo)
 )
 
@@ -204,7 +205,7 @@ func (a *Applier) Finish(ctx context.Context) error {
 	if err := a.closeDB(); err != nil {
 		return err
 	}
-	return syncFile(a.path)
+	return durable.SyncFile(a.path)
 }
 
 var (
@@ -392,16 +393,7 @@ func snapshot(ctx context.Context, dsn, src, dst string) (uint32, error) {
 		os.Remove(dst)
 		return 0, err
 	}
-	return v, syncFile(dst)
-}
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	return errors.Join(err, f.Close())
+	return v, durable.SyncFile(dst)
 }
 
 // Identity is what tells one node's database from another's: Core Lightning

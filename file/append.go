@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math"
 	"os"
@@ -176,7 +175,7 @@ var idleByte = [1]byte{'\n'}
 
 func (b *Backend) encoder() *zstd.Encoder {
 	if b.enc == nil {
-		b.enc = getEncoder()
+		b.enc = encoders.Get()
 	}
 	return b.enc
 }
@@ -226,7 +225,7 @@ func (b *Backend) writeTx(format uint32, off uint64, c *lnvault.Change) (int64, 
 			}
 		}
 		r.put(buf)
-		r.crc = recordCRC(crc32.Checksum(buf[hl:], castagnoli), buf)
+		r.crc = recordCRC(crcio.Checksum(buf[hl:]), buf)
 		r.put(buf)
 	}
 	b.buf = buf[:0]

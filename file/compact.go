@@ -10,6 +10,7 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/dbapply"
+	"github.com/lnvault/lnvault/internal/durable"
 )
 
 // Compact replaces every record before the head with one snapshot of the
@@ -186,6 +187,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	if err := b.f.Close(); err != nil {
 		b.log.Warn("compaction: closing the old file before the swap", "path", b.path, "err", err)
 	}
+	// Not durable.Replace: the temp file stays open as the backup's handle.
 	if err := os.Rename(tmp.Name(), b.path); err != nil {
 		if f, oerr := os.OpenFile(b.path, os.O_RDWR, 0); oerr == nil {
 			b.f = f
@@ -199,7 +201,7 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	b.setHdr(nh, slot)
 	b.fsize = int64(nh.endOffset)
 	b.truncFirst = false
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		// The rename may not survive a crash: appends to the new file could
 		// vanish with it. Stop writing.
 		b.broken = err

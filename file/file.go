@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -228,11 +229,6 @@ func (b *Backend) unlock() {
 // directory fsync.
 func create(path string, format int) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".init-*")
-	if err != nil {
-		return fmt.Errorf("creating backup in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name())
 	var buf [v2DataStart]byte
 	h := header{format: uint32(format), endOffset: v1DataStart}
 	n := headerSize
@@ -248,36 +244,19 @@ func create(path string, format int) error {
 	} else {
 		h.encode(buf[:])
 	}
-	_, err = tmp.Write(buf[:n])
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	tmp, err := durable.WriteTemp(dir, "."+filepath.Base(path)+".init-*", 0o600, func(f *os.File) error {
+		_, err := f.Write(buf[:n])
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("writing new backup %s: %w", tmp.Name(), err)
+		return fmt.Errorf("writing new backup in %s: %w", dir, err)
 	}
-	if err := os.Link(tmp.Name(), path); err != nil {
+	if err := durable.Create(tmp, path); err != nil {
+		os.Remove(tmp)
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %s", lnvault.ErrExists, path)
 		}
 		return fmt.Errorf("creating backup %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync of directory %s: %w", dir, err)
 	}
 	return nil
 }
@@ -787,7 +766,7 @@ func (b *Backend) Close() error {
 		b.f = nil
 	}
 	if b.enc != nil {
-		putEncoder(b.enc)
+		encoders.Put(b.enc)
 		b.enc = nil
 	}
 	b.unlock()

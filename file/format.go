@@ -5,10 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/crcio"
+	"github.com/lnvault/lnvault/internal/zpool"
 )
 
 // Layout constants of both formats. See the package documentation.
@@ -35,8 +36,6 @@ const (
 	// overhead would eat the gain.
 	minCompress = 48
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // clnDict is a raw zstd dictionary of Core Lightning's SQL statement
 // templates (literals blanked), part of format 2: transactions are a few
@@ -81,7 +80,7 @@ func (h header) encode(b []byte) {
 	be.PutUint64(b[36:], h.seq)
 	be.PutUint64(b[44:], uint64(h.lastChange))
 	be.PutUint64(b[52:], h.recordCount)
-	be.PutUint32(b[v2CRCOffset:], crc32.Checksum(b[:v2CRCOffset], castagnoli))
+	be.PutUint32(b[v2CRCOffset:], crcio.Checksum(b[:v2CRCOffset]))
 }
 
 func decodeCommon(b []byte) header {
@@ -122,7 +121,7 @@ func decodeV2(b []byte) (header, slotState, string) {
 		return header{}, slotZero, "never written"
 	}
 	want := binary.BigEndian.Uint32(b[v2CRCOffset:])
-	if got := crc32.Checksum(b[:v2CRCOffset], castagnoli); got != want {
+	if got := crcio.Checksum(b[:v2CRCOffset]); got != want {
 		return header{}, slotBad, fmt.Sprintf("header checksum mismatch (stored %08x, computed %08x)", want, got)
 	}
 	h := decodeCommon(b)
@@ -197,67 +196,24 @@ func (r recHdr) check(b []byte) error {
 // snapshot can be compressed in one streaming pass and its header (which
 // holds the compressed length) filled in afterwards.
 func recordCRC(payloadCRC uint32, hdr []byte) uint32 {
-	return crc32.Update(payloadCRC, castagnoli, hdr[:16])
+	return crcio.Update(payloadCRC, hdr[:16])
 }
 
-// Free lists of zstd coders: creating one costs far more than a small
-// append. Channels rather than sync.Pool, which drops its items at every GC.
+// The transaction coders: fastest with entropy coding of all literals (half
+// of the text is hex blobs, which only Huffman coding shrinks), the CLN
+// dictionary, no zstd checksum (the record CRC covers it).
 var (
-	encFree = make(chan *zstd.Encoder, 4)
-	decFree = make(chan *zstd.Decoder, 4)
-)
-
-func getEncoder() *zstd.Encoder {
-	select {
-	case e := <-encFree:
-		return e
-	default:
-	}
-	// Fastest with entropy coding of all literals: half of the text is hex
-	// blobs, which only Huffman coding shrinks.
-	e, err := zstd.NewWriter(nil,
+	encoders = zpool.NewEncoders(4,
 		zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithAllLitEntropyCompression(true),
 		zstd.WithEncoderDictRaw(dictID, clnDict),
 		zstd.WithEncoderConcurrency(1),
-		zstd.WithEncoderCRC(false), // the record CRC covers it
+		zstd.WithEncoderCRC(false),
 		zstd.WithZeroFrames(true))
-	if err != nil {
-		panic(err) // only on invalid options
-	}
-	return e
-}
-
-func putEncoder(e *zstd.Encoder) {
-	select {
-	case encFree <- e:
-	default:
-	}
-}
-
-func getDecoder() *zstd.Decoder {
-	select {
-	case d := <-decFree:
-		return d
-	default:
-	}
-	d, err := zstd.NewReader(nil,
+	decoders = zpool.NewDecoders(4,
 		zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderDictRaw(dictID, clnDict),
 		zstd.WithDecodeAllCapLimit(true),
 		zstd.WithDecoderMaxMemory(maxTxRaw),
 		zstd.WithDecoderMaxWindow(64<<20))
-	if err != nil {
-		panic(err)
-	}
-	return d
-}
-
-func putDecoder(d *zstd.Decoder) {
-	d.Reset(nil)
-	select {
-	case decFree <- d:
-	default:
-		d.Close()
-	}
-}
+)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/crcio"
 )
 
 // rec describes one record found in a file.
@@ -60,7 +61,7 @@ func (w *walker) run(ctx context.Context) error {
 		err = w.v2(ctx)
 	}
 	if w.dec != nil {
-		putDecoder(w.dec)
+		decoders.Put(w.dec)
 		w.dec = nil
 	}
 	if errors.Is(err, errStopped) {
@@ -241,7 +242,7 @@ func (w *walker) v2(ctx context.Context) error {
 			if _, err := w.f.ReadAt(w.buf, off+v2RecHdr); err != nil {
 				return corrupt(off, r.version, "cannot read the record: %v", err)
 			}
-			sum = crc32.Checksum(w.buf, castagnoli)
+			sum = crcio.Checksum(w.buf)
 		} else {
 			var err error
 			if sum, err = crcRange(w.f, off+v2RecHdr, r.stored); err != nil {
@@ -254,7 +255,7 @@ func (w *walker) v2(ctx context.Context) error {
 		if err := rh2.check(rh[:]); err != nil {
 			return corrupt(off, r.version, "%v", err)
 		}
-		if w.n > 0 && r.kind == lnvault.KindTransaction && r.version != prev && r.version != prev+1 {
+		if w.n > 0 && !lnvault.Follows(prev, r.version, r.kind) {
 			return corrupt(off, r.version, "version %d follows version %d: changes are missing", r.version, prev)
 		}
 		var c *lnvault.Change
@@ -298,7 +299,7 @@ func (w *walker) v2(ctx context.Context) error {
 func (w *walker) changeV2(r rec) (*lnvault.Change, func(), error) {
 	c := &lnvault.Change{Version: r.version, Kind: r.kind}
 	if w.dec == nil {
-		w.dec = getDecoder()
+		w.dec = decoders.Get()
 	}
 	if r.kind == lnvault.KindTransaction {
 		payload := w.buf
@@ -365,7 +366,7 @@ func splitStatements(p []byte) []string {
 }
 
 func crcRange(f *os.File, off, n int64) (uint32, error) {
-	h := crc32.New(castagnoli)
+	h := crc32.New(crcio.Table)
 	buf := make([]byte, max(1, min(n, 256<<10)))
 	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, n), buf); err != nil {
 		return 0, corrupt(off, 0, "cannot read %d bytes: %v", n, err)

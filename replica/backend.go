@@ -741,8 +741,9 @@ func (b *Backend) streamPlan(ctx context.Context, g *Generation, plan planFunc, 
 				return lnvault.ErrStop
 			}
 			if delivered {
-				if err := followsVersion(last, c.Version); err != nil {
-					return &lnvault.CorruptError{Offset: -1, Version: c.Version, Object: b.client.String() + "/" + si.Key, Reason: err.Error()}
+				if !lnvault.Follows(last, c.Version, c.Kind) {
+					return &lnvault.CorruptError{Offset: -1, Version: c.Version, Object: b.client.String() + "/" + si.Key,
+						Reason: fmt.Sprintf("version %d follows version %d: changes are missing", c.Version, last)}
 				}
 			}
 			if err := fn(c); err != nil {

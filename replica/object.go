@@ -5,13 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/crcio"
+	"github.com/lnvault/lnvault/internal/zpool"
 )
 
 // Every object lnvault writes to a replica is a fixed header followed by a
@@ -61,16 +61,9 @@ const (
 var MaxListed = 1 << 20
 
 var (
-	magic   = [4]byte{'L', 'N', 'V', 'O'}
-	crcTab  = crc32.MakeTable(crc32.Castagnoli)
-	encPool = sync.Pool{New: func() any {
-		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
-		return e
-	}}
-	decPool = sync.Pool{New: func() any {
-		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxRawBody))
-		return d
-	}}
+	magic    = [4]byte{'L', 'N', 'V', 'O'}
+	encoders = zpool.NewEncoders(4, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	decoders = zpool.NewDecoders(4, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxRawBody))
 )
 
 // Header describes an object; it is what Decode checks against the name.
@@ -151,13 +144,13 @@ func EncodeSnapshot(idx uint64, v, prev uint32, db []byte, created time.Time) ([
 }
 
 func encode(h Header, raw []byte) []byte {
-	enc := encPool.Get().(*zstd.Encoder)
+	enc := encoders.Get()
 	out := make([]byte, headerSize, headerSize+len(raw)/3+64)
 	out = enc.EncodeAll(raw, out)
-	encPool.Put(enc)
+	encoders.Put(enc)
 	putHeader(out[:headerSize], h, uint64(len(raw)), uint64(len(out)-headerSize))
-	c := crc32.Checksum(out[:64], crcTab)
-	c = crc32.Update(c, crcTab, out[headerSize:])
+	c := crcio.Checksum(out[:64])
+	c = crcio.Update(c, out[headerSize:])
 	binary.BigEndian.PutUint32(out[64:68], c)
 	return out
 }
@@ -238,8 +231,8 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	if zLen != uint64(len(data)-headerSize) {
 		return h, nil, fmt.Errorf("body is %d bytes, header says %d (truncated or padded object)", len(data)-headerSize, zLen)
 	}
-	c := crc32.Checksum(data[:64], crcTab)
-	c = crc32.Update(c, crcTab, data[headerSize:])
+	c := crcio.Checksum(data[:64])
+	c = crcio.Update(c, data[headerSize:])
 	if want := binary.BigEndian.Uint32(data[64:68]); c != want {
 		return h, nil, fmt.Errorf("checksum mismatch (crc32c %08x, header says %08x)", c, want)
 	}
@@ -249,8 +242,8 @@ func decodeBody(data []byte) (Header, []byte, error) {
 	if rawLen > MaxInMemoryObject {
 		return h, nil, fmt.Errorf("body claims %d bytes, more than lnvault puts in an object read whole (%d)", rawLen, MaxInMemoryObject)
 	}
-	dec := decPool.Get().(*zstd.Decoder)
-	defer decPool.Put(dec)
+	dec := decoders.Get()
+	defer decoders.Put(dec)
 	if err := dec.Reset(bytes.NewReader(data[headerSize:])); err != nil {
 		return h, nil, fmt.Errorf("decompressing: %w", err)
 	}
@@ -332,8 +325,8 @@ func DecodeSegment(data []byte) (*Segment, error) {
 			return nil, fmt.Errorf("change %d has unknown kind %d", c.Version, uint8(c.Kind))
 		}
 		if n := len(s.Changes); n > 0 {
-			if err := followsVersion(s.Changes[n-1].Version, c.Version); err != nil {
-				return nil, err
+			if prev := s.Changes[n-1].Version; !lnvault.Follows(prev, c.Version, c.Kind) {
+				return nil, fmt.Errorf("version %d follows version %d: changes are missing", c.Version, prev)
 			}
 		}
 		s.Changes = append(s.Changes, c)
@@ -372,13 +365,4 @@ func checkSnapshotHeader(h Header) error {
 		return errors.New("inconsistent snapshot header")
 	}
 	return nil
-}
-
-// followsVersion: within a log a version is followed by itself (migrations
-// repeat it) or the next one.
-func followsVersion(prev, next uint32) error {
-	if next == prev || next == prev+1 {
-		return nil
-	}
-	return fmt.Errorf("version %d follows version %d: changes are missing", next, prev)
 }

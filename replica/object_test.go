@@ -3,9 +3,7 @@ package replica
 import (
 	"bytes"
 	"errors"
-	"hash/crc32"
 	"io"
-	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -135,23 +133,6 @@ func FuzzDecodeSegment(f *testing.F) {
 			t.Fatalf("re-encoded segment does not decode: %v", err)
 		}
 	})
-}
-
-func TestCRC32Combine(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{0, 1, 7, 64, 68, 1000, 1 << 16} {
-		a, b := make([]byte, 64), make([]byte, n)
-		for i := range a {
-			a[i] = byte(r.Uint32())
-		}
-		for i := range b {
-			b[i] = byte(r.Uint32())
-		}
-		want := crc32.Checksum(append(bytes.Clone(a), b...), crcTab)
-		if got := crc32Combine(crc32.Checksum(a, crcTab), crc32.Checksum(b, crcTab), int64(n)); got != want {
-			t.Fatalf("combine over %d bytes = %08x, want %08x", n, got, want)
-		}
-	}
 }
 
 // decodeStream runs the streaming snapshot decoder on b, delivered in two

@@ -3,13 +3,11 @@ package replica
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/lnvault/lnvault/internal/crcio"
-	"hash/crc32"
 	"io"
 	"os"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/lnvault/lnvault/internal/crcio"
 )
 
 // A snapshot object holds a whole database, which can be several GiB on a
@@ -69,7 +67,7 @@ func writeSnapshotObject(f *os.File, db io.Reader, h Header) (int64, error) {
 	}
 	body := &crcio.Writer{W: f}
 	raw := &countReader{r: db}
-	enc := encPool.Get().(*zstd.Encoder)
+	enc := encoders.Get()
 	enc.Reset(body)
 	if _, err := io.Copy(enc, raw); err != nil {
 		enc.Close()
@@ -78,70 +76,17 @@ func writeSnapshotObject(f *os.File, db io.Reader, h Header) (int64, error) {
 	if err := enc.Close(); err != nil {
 		return 0, fmt.Errorf("compressing the snapshot: %w", err)
 	}
-	encPool.Put(enc)
+	encoders.Put(enc)
 	if raw.n > maxRawBody {
 		return 0, fmt.Errorf("the database is %d bytes, more than the %d a snapshot object may hold", raw.n, int64(maxRawBody))
 	}
 	putHeader(hdr[:], h, uint64(raw.n), uint64(body.N))
-	c := crc32Combine(crc32.Checksum(hdr[:64], crcTab), body.CRC, body.N)
+	c := crcio.Combine(crcio.Checksum(hdr[:64]), body.CRC, body.N)
 	binary.BigEndian.PutUint32(hdr[64:], c)
 	if _, err := f.WriteAt(hdr[:], 0); err != nil {
 		return 0, err
 	}
 	return headerSize + body.N, nil
-}
-
-// crc32Combine returns the CRC-32C of A followed by B from crc1 of A and crc2
-// of B (len2 bytes), as zlib's crc32_combine does: crc1 is shifted over len2
-// zero bytes by multiplying it by x^(8*len2) modulo the polynomial.
-func crc32Combine(crc1, crc2 uint32, len2 int64) uint32 {
-	return multModP(x2nModP(uint64(len2), 3), crc1) ^ crc2
-}
-
-const castagnoliReflected = 0x82f63b78
-
-// multModP multiplies a and b modulo the (reflected) polynomial; a != 0.
-func multModP(a, b uint32) uint32 {
-	m := uint32(1) << 31
-	var p uint32
-	for {
-		if a&m != 0 {
-			p ^= b
-			if a&(m-1) == 0 {
-				return p
-			}
-		}
-		m >>= 1
-		if b&1 != 0 {
-			b = b>>1 ^ castagnoliReflected
-		} else {
-			b >>= 1
-		}
-	}
-}
-
-// x2nTable[k] is x^(2^k) modulo the polynomial.
-var x2nTable = func() (t [32]uint32) {
-	p := uint32(1) << 30 // x^1
-	t[0] = p
-	for i := 1; i < len(t); i++ {
-		p = multModP(p, p)
-		t[i] = p
-	}
-	return t
-}()
-
-// x2nModP returns x^(n*2^k) modulo the polynomial.
-func x2nModP(n uint64, k uint) uint32 {
-	p := uint32(1) << 31 // x^0
-	for n != 0 {
-		if n&1 != 0 {
-			p = multModP(x2nTable[k&31], p)
-		}
-		n >>= 1
-		k++
-	}
-	return p
 }
 
 // objectSink receives a downloaded object: the header in memory, the body
@@ -183,7 +128,7 @@ func (s *objectSink) Write(p []byte) (int, error) {
 			s.err = err
 			return 0, err
 		}
-		s.crc = crc32.Update(s.crc, crcTab, keep)
+		s.crc = crcio.Update(s.crc, keep)
 	}
 	s.n += int64(len(p))
 	return total, nil
@@ -240,7 +185,7 @@ func decodeSnapshotStream(get func(w io.Writer) error) (h Header, raw *os.File, 
 	if zLen != uint64(sink.n) {
 		return h, nil, 0, badObject("body is %d bytes, header says %d (truncated or padded object)", sink.n, zLen)
 	}
-	c := crc32Combine(crc32.Checksum(sink.hdr[:64], crcTab), sink.crc, sink.n)
+	c := crcio.Combine(crcio.Checksum(sink.hdr[:64]), sink.crc, sink.n)
 	if want := binary.BigEndian.Uint32(sink.hdr[64:68]); c != want {
 		return h, nil, 0, badObject("checksum mismatch (crc32c %08x, header says %08x)", c, want)
 	}
@@ -250,8 +195,8 @@ func decodeSnapshotStream(get func(w io.Writer) error) (h Header, raw *os.File, 
 	if err := checkSnapshotHeader(h); err != nil {
 		return h, nil, 0, &objectError{err}
 	}
-	dec := decPool.Get().(*zstd.Decoder)
-	defer decPool.Put(dec)
+	dec := decoders.Get()
+	defer decoders.Put(dec)
 	if err := dec.Reset(io.NewSectionReader(zf, 0, int64(zLen))); err != nil {
 		return h, nil, 0, badObject("decompressing: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/dbapply"
+	"github.com/lnvault/lnvault/internal/durable"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
@@ -106,9 +107,6 @@ func Restore(ctx context.Context, b lnvault.Backend, dest string, opts Options) 
 		return Result{}, err
 	}
 	ok = true
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return Result{}, fmt.Errorf("restored %s but could not fsync its directory: %w", path, err)
-	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return Result{}, err
@@ -276,7 +274,7 @@ func apply(ctx context.Context, b lnvault.Backend, a *dbapply.Applier, target ui
 // data_version), or a snapshot further ahead (the whole database at its
 // version: the plugin heals a gap of commits that escaped it that way).
 func continuous(last uint32, c *lnvault.Change) error {
-	if c.Version == last || c.Version == last+1 || (c.Kind == lnvault.KindSnapshot && c.Version > last) {
+	if lnvault.Follows(last, c.Version, c.Kind) {
 		return nil
 	}
 	return &lnvault.CorruptError{Offset: -1, Version: c.Version,
@@ -304,36 +302,31 @@ func checkDataVersion(ctx context.Context, path string, want uint32) error {
 	return nil
 }
 
-// place moves the finished temp file to path. Without force it must not
-// replace a file that appeared since destPath checked (lightningd started,
-// another restore): a hard link fails if path exists, atomically; where
-// links are not supported, a last check and a rename.
+// place moves the finished temp file to path, durably. Without force it must
+// not replace a file that appeared since destPath checked (lightningd
+// started, another restore): a hard link fails if path exists, atomically;
+// where links are not supported, a last check and a rename.
 func place(tmp, path string, force bool) error {
+	appeared := fmt.Errorf("destination %s appeared while restoring: move it away or pass --force to overwrite it", path)
 	if !force {
-		err := os.Link(tmp, path)
-		if err == nil {
-			return os.Remove(tmp)
-		}
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("destination %s appeared while restoring: move it away or pass --force to overwrite it", path)
+		err := durable.Create(tmp, path)
+		var le *os.LinkError
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, fs.ErrExist):
+			return appeared
+		case !errors.As(err, &le): // linked, then the directory fsync failed
+			return fmt.Errorf("restored %s but could not fsync its directory: %w", path, err)
 		}
 		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("destination %s appeared while restoring: move it away or pass --force to overwrite it", path)
+			return appeared
 		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := durable.Replace(tmp, path); err != nil {
 		return fmt.Errorf("moving the restored database into place: %w", err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	return errors.Join(err, d.Close())
 }
 
 // newBar returns a progress bar on w when w is a terminal, else nil.

@@ -14,16 +14,30 @@ import (
 // write, fsync, rename, directory fsync — the minimum any atomic durable
 // replacement costs.
 func refSwap(b *testing.B, dir string, data []byte) {
-	tmp, err := writeTemp(dir, ".ref-*", data)
+	tmp, err := os.CreateTemp(dir, ".ref-*")
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, "ref")); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		b.Fatal(err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := tmp.Sync(); err != nil {
 		b.Fatal(err)
 	}
+	if err := tmp.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, "ref")); err != nil {
+		b.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	d.Close()
 }
 
 func timeOf(n int, f func()) time.Duration {

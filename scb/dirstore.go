@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -147,7 +148,7 @@ func (s *DirStore) Put(ctx context.Context, env []byte) (Version, error) {
 	}
 	s.removeStaleTemps()
 
-	tmp, err := writeTemp(s.dir, tmpPrefix+"*", env)
+	tmp, err := durable.WriteTemp(s.dir, tmpPrefix+"*", 0o600, func(f *os.File) error { _, err := f.Write(env); return err })
 	if err != nil {
 		return Version{}, fmt.Errorf("storing static channel backup in %s: %w", s.dir, err)
 	}
@@ -175,16 +176,11 @@ func (s *DirStore) Put(ctx context.Context, env []byte) (Version, error) {
 		name := id + "." + string(e.Kind) + ".scb"
 		// link(2) never replaces an existing name: another writer that took
 		// this sequence number makes us retry with the next one.
-		if err := os.Link(tmp, filepath.Join(s.dir, name)); err != nil {
-			if errors.Is(err, fs.ErrExist) {
+		if err := durable.Create(tmp, filepath.Join(s.dir, name)); err != nil {
+			var le *os.LinkError
+			if errors.Is(err, fs.ErrExist) && errors.As(err, &le) {
 				continue
 			}
-			return Version{}, fmt.Errorf("storing static channel backup in %s: %w", s.dir, err)
-		}
-		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("scb: removing temp file", "err", err)
-		}
-		if err := syncDir(s.dir); err != nil {
 			return Version{}, fmt.Errorf("storing static channel backup in %s: %w", s.dir, err)
 		}
 		_, t, _ := ParseVersionID(id)
@@ -284,44 +280,6 @@ func lockDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// writeTemp writes data to a new temp file in dir matching pattern, fsyncs
-// and closes it, and returns its path.
-func writeTemp(dir, pattern string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-// syncDir fsyncs a directory so that renames and links in it are durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync of directory %s: %w", dir, err)
-	}
-	return nil
-}
-
 // ensureDir creates the store's folder on first use; its parent must exist
 // (a mistyped path should fail, not grow a tree). The parent is fsync'd so the
 // new folder survives a crash.
@@ -339,5 +297,5 @@ func (s *DirStore) ensureDir() error {
 	if err := os.Mkdir(s.dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return syncDir(parent)
+	return durable.SyncDir(parent)
 }

@@ -6,13 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math"
 	"time"
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/crcio"
 )
 
 // The envelope of one stored version, big-endian:
@@ -45,8 +45,6 @@ const (
 	// envMin is the smallest possible envelope (one-byte kind, empty payload).
 	envMin = envFixed + 1 + envAfter + envTrail
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Header is the clear-text part of an envelope.
 type Header struct {
@@ -128,7 +126,7 @@ func EncodeEnvelope(h Header, payload []byte) ([]byte, error) {
 		out = append(out, h.PlainSHA256[:]...)
 	}
 	out = binary.BigEndian.AppendUint64(out, uint64(len(payload)))
-	out = binary.BigEndian.AppendUint32(out, crc32.Checksum(out, castagnoli))
+	out = binary.BigEndian.AppendUint32(out, crcio.Checksum(out))
 	out = append(out, payload...)
 	sum := sha256.Sum256(payload)
 	return append(out, sum[:]...), nil
@@ -162,7 +160,7 @@ func DecodeHeader(b []byte) (Header, int, error) {
 		return h, 0, corrupt(0, "envelope header truncated (%d of %d bytes)", len(b), end)
 	}
 	crcAt := end - 4
-	if got, want := crc32.Checksum(b[:crcAt], castagnoli), binary.BigEndian.Uint32(b[crcAt:end]); got != want {
+	if got, want := crcio.Checksum(b[:crcAt]), binary.BigEndian.Uint32(b[crcAt:end]); got != want {
 		return h, 0, corrupt(int64(crcAt), "envelope header checksum mismatch")
 	}
 	h.Kind = Kind(b[envFixed : envFixed+kl])

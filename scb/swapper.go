@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/lnvault/lnvault/internal/durable"
 )
 
 // Swapper replaces one stored copy of the backup. UpdateAndSwap must be
@@ -99,16 +100,12 @@ func (s *FileSwapper) UpdateAndSwap(ctx context.Context, b Backup) error {
 	default:
 		return fmt.Errorf("reading %s: %w", s.Path, err)
 	}
-	tmp, err := writeTemp(dir, s.tempPattern(), b.Data)
+	tmp, err := durable.WriteTemp(dir, s.tempPattern(), 0o600, func(f *os.File) error { _, err := f.Write(b.Data); return err })
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", s.Path, err)
 	}
-	if err := os.Rename(tmp, s.Path); err != nil {
-		os.Remove(tmp)
+	if err := durable.Replace(tmp, s.Path); err != nil {
 		return fmt.Errorf("replacing %s: %w", s.Path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return err
 	}
 	if s.Keep >= 0 {
 		s.prune(0)
@@ -123,7 +120,7 @@ func (s *FileSwapper) archive() error {
 	if err := os.Mkdir(ad, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	} else if err == nil {
-		if err := syncDir(filepath.Dir(ad)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(ad)); err != nil {
 			return err
 		}
 	}
@@ -139,7 +136,7 @@ func (s *FileSwapper) archive() error {
 		}
 		name = filepath.Join(ad, fmt.Sprintf("%s.%d", base, i))
 	}
-	return syncDir(ad)
+	return durable.SyncDir(ad)
 }
 
 // Archived lists the archive's files, oldest first.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/lnvault/lnvault/internal/durable"
 	"github.com/lnvault/lnvault/scb"
 	"github.com/spf13/cobra"
 )
@@ -320,7 +321,7 @@ func scbGetCmd() *cobra.Command {
 				_, err := cmd.OutOrStdout().Write(data)
 				return err
 			}
-			if err := scbWriteFile(out, data); err != nil {
+			if err := durable.WriteFile(out, data, 0o600); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "lnvault: wrote version %d (%s, %s, %d bytes) to %s\n%s\n",
@@ -346,41 +347,6 @@ func recoverHint(k scb.Kind, out string) string {
 		return fmt.Sprintf("recover with: lncli restorechanbackup --multi_file %s", out)
 	}
 	return ""
-}
-
-// scbWriteFile writes data to path via a temp file, fsync and rename, so
-// an interrupted get never leaves a partial backup that looks whole.
-func scbWriteFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func scbPutCmd() *cobra.Command {

@@ -20,6 +20,7 @@ import (
 	"sync"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/durable"
 	"github.com/lnvault/lnvault/replica"
 	"golang.org/x/sys/unix"
 )
@@ -77,7 +78,7 @@ func (s *Store) PutFile(ctx context.Context, key string, src *os.File, size int6
 // write creates the object at key with fill: a temp file, fsync'd, renamed
 // into place, the directory fsync'd.
 func (s *Store) write(ctx context.Context, key string, fill func(*os.File) error) error {
-	return s.place(ctx, key, fill, os.Rename)
+	return s.place(ctx, key, fill, durable.Replace)
 }
 
 // create writes data at key only if no object is there, as write does but
@@ -87,16 +88,17 @@ func (s *Store) create(ctx context.Context, key string, data []byte) error {
 	err := s.place(ctx, key, func(f *os.File) error {
 		_, err := f.Write(data)
 		return err
-	}, os.Link)
+	}, durable.Create)
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
 	}
 	return err
 }
 
-// place fills a temp file beside key's path, fsyncs it, moves it to the
-// path with move (rename or link), and fsyncs the directory.
-func (s *Store) place(ctx context.Context, key string, fill func(*os.File) error, move func(from, to string) error) error {
+// place fills a temp file beside key's path, fsyncs it, and moves it to the
+// path with move (durable.Replace or durable.Create, each of which fsyncs
+// the directory).
+func (s *Store) place(ctx context.Context, key string, fill func(*os.File) error, move func(tmp, path string) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -105,56 +107,18 @@ func (s *Store) place(ctx context.Context, key string, fill func(*os.File) error
 		return err
 	}
 	d := filepath.Dir(p)
-	if err := mkdirAllSync(s.Root, d); err != nil {
+	if err := durable.MkdirAll(s.Root, d); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(d, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // gone after a rename; the extra name after a link
-	err = fill(f)
+	tmp, err := durable.WriteTemp(d, ".tmp-*", 0o600, fill)
 	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
+		defer os.Remove(tmp) // gone after a replace or a creation
 		err = move(tmp, p)
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", p, err)
 	}
-	return syncDir(d)
-}
-
-// mkdirAllSync creates dir (below root) and fsyncs each parent it changed, so
-// a new directory entry survives a crash.
-func mkdirAllSync(root, dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
-	parent := filepath.Dir(dir)
-	if parent != dir && strings.HasPrefix(parent, root) {
-		if err := mkdirAllSync(root, parent); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return syncDir(parent)
-}
-
-func syncDir(d string) error {
-	f, err := os.Open(d)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	return errors.Join(err, f.Close())
+	return nil
 }
 
 func etag(data []byte) string {
@@ -323,7 +287,7 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 		dirs[filepath.Dir(p)] = true
 	}
 	for d := range dirs {
-		if err := syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := durable.SyncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		// Empty generation directories go away (best effort).
