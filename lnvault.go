@@ -153,6 +153,15 @@ type Idler interface {
 	Idle()
 }
 
+// Deleter is implemented by backends that can remove the backup they hold
+// (`lnvault delete`). Delete is called on a backend opened for writing, so a
+// writer that holds the backup (its lock or lease) keeps it; it removes the
+// changes and what marks the backup as existing, leaves the static channel
+// backups kept beside it, and closes the backend.
+type Deleter interface {
+	Delete(ctx context.Context) error
+}
+
 // VersionAtTimer is implemented by backends that know when each change was
 // stored (object storage), for point-in-time restores (`--to-time`).
 type VersionAtTimer interface {

@@ -3,11 +3,19 @@ package lnvault_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 )
+
+// Tests open URLs: wire the storage in, as the binary does.
+func TestMain(m *testing.M) {
+	backends.Register()
+	os.Exit(m.Run())
+}
 
 func TestCheckNext(t *testing.T) {
 	for _, tc := range []struct {

@@ -45,8 +45,8 @@ var (
 )
 
 // Register makes a backend available under scheme (e.g. "file", "socket",
-// "s3"). Storage packages call it from init; importing the package (for
-// example through lnvault/backends) is what enables a scheme.
+// "s3"). Package backends calls it for every storage lnvault ships (its
+// Register lists them); a scheme registered twice panics.
 func Register(scheme string, open Opener) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
@@ -83,6 +83,9 @@ func Open(ctx context.Context, rawURL string, opts OpenOptions) (Backend, error)
 	registryMu.RLock()
 	open := registry[scheme]
 	registryMu.RUnlock()
+	if open == nil && len(Schemes()) == 0 {
+		return nil, fmt.Errorf("cannot open %q: no storage is wired into this program (it must call backends.Register)", rawURL)
+	}
 	if open == nil {
 		return nil, fmt.Errorf("unsupported backup URL %q: use one of %s (for example file:///var/backups/lightningd.dbak)",
 			rawURL, strings.Join(exampleSchemes(), ", "))

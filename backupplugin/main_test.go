@@ -8,13 +8,14 @@ import (
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
-	_ "github.com/lnvault/lnvault/file"
 )
 
 // The test binary is also the plugin: the harness starts it with
 // LIGHTNINGD_PLUGIN=1, as lightningd starts lnvault.
 func TestMain(m *testing.M) {
+	backends.Register()
 	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" {
 		lnvault.Register("flaky", openFlaky)
 		os.Exit(backupplugin.Main(context.Background()))

@@ -2,7 +2,7 @@
 // db_write hook only once the change is durable at every destination named in
 // backup.lock, enforces the first-write rule after a restart, and offers the
 // backup-status and backup-compact RPC methods. Extensions (static channel
-// backups) plug in through RegisterExtension.
+// backups) are handed to Main or Run by the code that builds the binary.
 package backupplugin
 
 import (
@@ -63,35 +63,19 @@ type Extension interface {
 	Status() any
 }
 
-var (
-	extMu      sync.Mutex
-	extensions []Extension
-)
-
-// RegisterExtension adds an extension to every plugin started later. Call it
-// from an init function.
-func RegisterExtension(e Extension) {
-	extMu.Lock()
-	defer extMu.Unlock()
-	extensions = append(extensions, e)
-}
-
-func registered() []Extension {
-	extMu.Lock()
-	defer extMu.Unlock()
-	return slices.Clone(extensions)
-}
-
 // Config is how Run is started; zero fields take the process's own.
 type Config struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Dir    string // cwd, where backup.lock is
+	// Extensions plug into the plugin (options, methods, init, status).
+	Extensions []Extension
 }
 
-// Main runs the plugin on the process's stdin/stdout and returns the exit code.
-func Main(ctx context.Context) int {
-	if err := Run(ctx, Config{}); err != nil {
+// Main runs the plugin with exts on the process's stdin/stdout and returns
+// the exit code.
+func Main(ctx context.Context, exts ...Extension) int {
+	if err := Run(ctx, Config{Extensions: exts}); err != nil {
 		return 1
 	}
 	return 0
@@ -144,7 +128,7 @@ func Run(ctx context.Context, cfg Config) error {
 	dir := cfg.Dir
 	v.SetHeal(HealConfig{Disabled: !lock.HealEnabled(), DBPath: func() (string, error) { return NodeDBPath(dir) }})
 	defer v.Wait()
-	exts := registered()
+	exts := cfg.Extensions
 
 	p.AddOption(clnplugin.Option{Name: OptDestination, Type: "string",
 		Description: "Destination of the database backups (file:///filename/on/another/disk/); must match backup.lock"})

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -251,6 +252,20 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 		if st, err := os.Stat(local); err == nil && st.IsDir() {
 			local = filepath.Join(local, fmt.Sprintf("lnvault-bench-%d.dbak", os.Getpid()))
 		}
+	case lnvault.Scheme(target) == "s3" || lnvault.Scheme(target) == "dir":
+		// Object storage: a scratch backup beside the prefix (never inside
+		// a backup's), deleted after the run.
+		u, err := neturl.Parse(target)
+		if err != nil {
+			return "", "", cleanup, fmt.Errorf("bench destination %q: %w", target, err)
+		}
+		scratch := fmt.Sprintf("lnvault-bench-%d-%d", os.Getpid(), time.Now().UnixNano())
+		if p := strings.TrimSuffix(u.Path, "/"); p != "" {
+			u.Path = p + "." + scratch
+		} else {
+			u.Path = "/" + scratch
+		}
+		url = u.String()
 	default:
 		url = target
 	}
@@ -267,6 +282,9 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 	if err := b.Close(); err != nil {
 		return "", "", cleanup, err
 	}
+	if local == "" && lnvault.Scheme(url) != "socket" {
+		cleanup = func() { deleteScratch(ctx, url) }
+	}
 	if local != "" {
 		cleanup = func() {
 			os.Remove(local)
@@ -278,6 +296,22 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 		}
 	}
 	return url, local, cleanup, nil
+}
+
+// deleteScratch removes the bench's object-storage backup.
+func deleteScratch(ctx context.Context, url string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	b, err := lnvault.Open(ctx, url, lnvault.OpenOptions{})
+	if err == nil {
+		if d, ok := b.(lnvault.Deleter); ok {
+			err = d.Delete(ctx)
+		}
+		b.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lnvault bench: could not delete its scratch backup %s: %v (lnvault delete %s removes it)\n", url, err, url)
+	}
 }
 
 // roundTripper times Status requests to the backup (for socket: one

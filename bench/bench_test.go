@@ -3,24 +3,26 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
-	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/s3test"
-	_ "github.com/lnvault/lnvault/replica/s3"
 )
 
 // The test binary is also the plugin the harness starts.
 func TestMain(m *testing.M) {
+	backends.Register()
 	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" {
 		os.Exit(backupplugin.Main(context.Background()))
 	}
@@ -56,6 +58,51 @@ func TestRunCorpusAndSynthetic(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(d); len(ents) != 0 {
 		t.Fatalf("bench left files behind: %v", ents)
+	}
+}
+
+// On object storage, bench writes a scratch backup beside the URL's prefix,
+// leaves the backup at the prefix as it was, and deletes the scratch one.
+func TestRunObjectStorageScratchRemoved(t *testing.T) {
+	ctx := context.Background()
+	endpoint, bucket := s3test.Start(t)
+	dir := t.TempDir()
+	for _, target := range []string{s3test.URL(endpoint, bucket, "node"), "dir://" + filepath.Join(dir, "node")} {
+		bk, err := lnvault.Open(ctx, target, lnvault.OpenOptions{Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs := corpus.MustLoad()[:3]
+		for _, r := range reqs {
+			if err := bk.Append(ctx, r.Change()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := bk.Metadata()
+		bk.Close()
+		res, err := Run(ctx, Options{Bin: os.Args[0], URL: target, Changes: 5})
+		if err != nil {
+			t.Fatalf("%s: %v", target, err)
+		}
+		if res.URL == target || res.Ack.N != 6 {
+			t.Fatalf("%s: the run wrote to %s (%d acks), want a scratch backup beside it", target, res.URL, res.Ack.N)
+		}
+		if p, ok := strings.CutPrefix(res.URL, "dir://"); ok {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Fatalf("the scratch directory %s is still there (%v)", p, err)
+			}
+		}
+		if _, err := lnvault.Open(ctx, res.URL, lnvault.OpenOptions{ReadOnly: true}); !errors.Is(err, lnvault.ErrNotFound) {
+			t.Fatalf("%s: the scratch backup %s is still there: %v", target, res.URL, err)
+		}
+		bk, err = lnvault.Open(ctx, target, lnvault.OpenOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bk.Metadata(); got != before {
+			t.Fatalf("%s: the backup at the URL changed from %+v to %+v", target, before, got)
+		}
+		bk.Close()
 	}
 }
 

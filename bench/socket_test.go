@@ -11,7 +11,6 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/server"
-	_ "github.com/lnvault/lnvault/socket"
 )
 
 // Against a backup server there is no local disk to fdatasync on: the

@@ -26,6 +26,7 @@ import (
 const crashChildEnv = "LNVAULT_FILE_CRASH_CHILD"
 
 func TestMain(m *testing.M) {
+	lnvault.Register("file", OpenBackend) // this package's tests open file: URLs
 	if os.Getenv(crashChildEnv) == "1" {
 		if err := crashChild(); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)

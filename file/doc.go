@@ -1,5 +1,5 @@
 // Package file is lnvault's file backend: a backup in one local file, named
-// by a URL file:///abs/path. Importing the package registers the "file"
+// by a URL file:///abs/path. Package backends wires it to the "file"
 // scheme with lnvault.Open.
 //
 // Two formats, both big-endian, both read and written:

@@ -21,14 +21,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func init() {
-	lnvault.Register("file", func(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
-		b, err := Open(ctx, rawURL, opts)
-		if err != nil {
-			return nil, err // not a typed nil inside the interface
-		}
-		return b, nil
-	})
+// OpenBackend is Open as an lnvault.Opener (package backends wires it to
+// file: URLs).
+func OpenBackend(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
+	b, err := Open(ctx, rawURL, opts)
+	if err != nil {
+		return nil, err // not a typed nil inside the interface
+	}
+	return b, nil
 }
 
 // ErrNotBackup: the file exists but is neither an lnvault nor a backup-plugin
@@ -222,6 +222,37 @@ func (b *Backend) unlock() {
 		b.lockF.Close() // closing releases the flock; the file stays (deleting it would race)
 		b.lockF = nil
 	}
+}
+
+// Delete removes the backup file (durably: directory fsync) and closes the
+// backend. The lock sidecar stays, empty: removing it while others may
+// have it open would let two writers lock different files of one name.
+func (b *Backend) Delete(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.readOnly || b.closed {
+		return b.writable()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Remove(b.path); err != nil {
+		return fmt.Errorf("deleting %s: %w", b.path, err)
+	}
+	if err := durable.SyncDir(filepath.Dir(b.path)); err != nil {
+		return fmt.Errorf("deleting %s: %w", b.path, err)
+	}
+	b.closed = true
+	if b.f != nil {
+		b.f.Close()
+		b.f = nil
+	}
+	if b.enc != nil {
+		encoders.Put(b.enc)
+		b.enc = nil
+	}
+	b.unlock()
+	return nil
 }
 
 // create writes a new backup file with an empty header: temp file, fsync,

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
@@ -31,15 +32,12 @@ import (
 	"github.com/lnvault/lnvault/internal/pyref"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/restore"
-
-	_ "github.com/lnvault/lnvault/file"
-	_ "github.com/lnvault/lnvault/replica/s3"
-	_ "github.com/lnvault/lnvault/socket"
 )
 
 var lnvaultBin string
 
 func TestMain(m *testing.M) {
+	backends.Register()
 	s3test.SetProcessEnv() // the campaigns run in parallel
 	os.Exit(harness.RunWithLnvault(m, "lnv-fl-", &lnvaultBin))
 }

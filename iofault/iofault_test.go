@@ -15,18 +15,18 @@ import (
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
-	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/restore"
-	_ "github.com/lnvault/lnvault/socket"
 )
 
 var lnvaultBin string
 
 func TestMain(m *testing.M) {
+	backends.Register()
 	os.Exit(harness.RunWithLnvault(m, "lnv-io-", &lnvaultBin))
 }
 

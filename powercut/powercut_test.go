@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
-	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
@@ -33,6 +33,7 @@ import (
 var lnvaultBin string
 
 func TestMain(m *testing.M) {
+	backends.Register()
 	os.Exit(harness.RunWithLnvault(m, "lnv-pc-", &lnvaultBin))
 }
 

@@ -1091,10 +1091,82 @@ func (b *Backend) Status(ctx context.Context) (lnvault.Status, error) {
 	return st, nil
 }
 
+// headChange is the head transaction as stored (nil when the generation
+// starts with a snapshot of the head, or after a rewind).
+func (b *Backend) headChange() *lnvault.Change {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.head
+}
+
+// restartFrom starts a new generation with a snapshot of the database file at
+// path (version last, previous version before); head is that version's
+// transaction, if it was one.
+func (b *Backend) restartFrom(ctx context.Context, path string, last, before uint32, head *lnvault.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.writable(ctx); err != nil {
+		return err
+	}
+	if err := b.newGenerationFromFile(ctx, path, b.md.VersionCount, last, before); err != nil {
+		return err
+	}
+	b.head = head
+	return nil
+}
+
+// Delete removes the backup: every generation, then the creation marker,
+// then it releases the lease, closes and removes the lease. The static channel backups (scb/)
+// and objects lnvault did not write stay.
+func (b *Backend) Delete(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.writable(ctx); err != nil {
+		return err
+	}
+	gens, err := b.client.Generations(ctx)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", b.client, err)
+	}
+	for _, g := range gens {
+		if err := b.client.DeleteGeneration(ctx, g); err != nil {
+			return fmt.Errorf("deleting generation %s of %s: %w", g, b.client, err)
+		}
+	}
+	// The marker goes last: an interrupted delete still reads as a backup
+	// (with fewer changes) and can be deleted again.
+	if err := b.client.DeleteMarker(ctx); err != nil {
+		return fmt.Errorf("deleting %s: %w", b.client, err)
+	}
+	b.log.Info("replica deleted", "replica", b.client.String(), "generations", len(gens))
+	b.gen, b.md = "", lnvault.Metadata{}
+	if err := b.closeLocked(); err != nil {
+		return err
+	}
+	// Released and with no backup left to guard, the lease goes too.
+	if err := b.client.DeleteLease(ctx); err != nil {
+		return err
+	}
+	if c, ok := b.client.(*Client); ok {
+		if r, ok := c.Store.(emptyRemover); ok {
+			return r.RemoveIfEmpty()
+		}
+	}
+	return nil
+}
+
+// emptyRemover is a store whose root is a directory (dir:), removed once
+// empty.
+type emptyRemover interface{ RemoveIfEmpty() error }
+
 // Close releases the lease.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.closeLocked()
+}
+
+func (b *Backend) closeLocked() error {
 	if b.closed {
 		return nil
 	}

@@ -49,6 +49,18 @@ type ObjectStore interface {
 	Close() error
 }
 
+// MetaStore is an ObjectStore that keeps a little metadata with an object
+// (S3's x-amz-meta-*): the SCB store records there when a version was
+// stored. Package scb/s3store needs it; replica does not.
+type MetaStore interface {
+	ObjectStore
+	// PutIfAbsentMeta is PutIf(ctx, key, data, "") with meta stored along.
+	PutIfAbsentMeta(ctx context.Context, key string, data []byte, meta map[string]string) error
+	// GetMeta returns at most the first n bytes of an object and its
+	// metadata; a missing object is an error that wraps fs.ErrNotExist.
+	GetMeta(ctx context.Context, key string, n int64) ([]byte, map[string]string, error)
+}
+
 // ObjectInfo is one entry of a listing.
 type ObjectInfo struct {
 	Key     string
@@ -177,6 +189,8 @@ type ReplicaClient interface {
 	DeleteSegments(ctx context.Context, s []SegmentInfo) error
 	DeleteGeneration(ctx context.Context, gen string) error
 	CreateMarker(ctx context.Context) error
+	DeleteMarker(ctx context.Context) error
+	DeleteLease(ctx context.Context) error
 	ProbeConditionalWrites(ctx context.Context) error
 	ReadLease(ctx context.Context) (Lease, string, error)
 	WriteLease(ctx context.Context, l Lease, match string) (string, error)
@@ -245,6 +259,15 @@ func (c *Client) CreateMarker(ctx context.Context) error {
 	_, err := c.Store.PutIf(ctx, markerKey, []byte(data), "")
 	return err
 }
+
+// DeleteMarker removes the object that says a backup exists.
+func (c *Client) DeleteMarker(ctx context.Context) error {
+	return c.deleteKeys(ctx, []string{markerKey})
+}
+
+// DeleteLease removes the lease object (after a Delete: nothing is left to
+// guard).
+func (c *Client) DeleteLease(ctx context.Context) error { return c.deleteKeys(ctx, []string{leaseKey}) }
 
 // Client implements ReplicaClient over an ObjectStore with lnvault's layout:
 //

@@ -314,9 +314,7 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 		return err
 	}
 	rmd := r.rb.Metadata()
-	r.rb.mu.Lock()
-	rhead := r.rb.head
-	r.rb.mu.Unlock()
+	rhead := r.rb.headChange()
 	if rmd == lmd && rhead == nil && rmd.VersionCount > 0 {
 		return nil // a generation that starts with a snapshot of this very head
 	}
@@ -415,17 +413,8 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 	if n < 2 {
 		before = lmd.PrevVersion
 	}
-	r.rb.mu.Lock()
-	defer r.rb.mu.Unlock()
-	if err := r.rb.writable(ctx); err != nil {
-		return err
-	}
-	if err := r.rb.newGenerationFromFile(ctx, path, r.rb.md.VersionCount, last, before); err != nil {
-		return err
-	}
 	// The head's statements let the next resync find it in the local log.
-	r.rb.head = lastTx
-	return nil
+	return r.rb.restartFrom(ctx, path, last, before, lastTx)
 }
 
 // Flush waits until everything appended so far is on the replica (or ctx

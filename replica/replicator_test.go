@@ -15,16 +15,20 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
-	_ "github.com/lnvault/lnvault/file"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/replica"
-	_ "github.com/lnvault/lnvault/replica/s3"
 	"github.com/lnvault/lnvault/restore"
 	"github.com/lnvault/lnvault/server"
-	_ "github.com/lnvault/lnvault/socket"
 )
+
+// Tests open URLs: wire the storage in, as the binary does.
+func TestMain(m *testing.M) {
+	backends.Register()
+	os.Exit(m.Run())
+}
 
 func openReplica(t *testing.T, u string, o lnvault.OpenOptions) *replica.Backend {
 	t.Helper()

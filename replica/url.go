@@ -30,9 +30,14 @@ var (
 
 // RegisterStore makes an object store available under a URL scheme, with the
 // query parameters it understands (besides the replica's own, see Options).
+// Package backends calls it for the stores lnvault ships; a scheme
+// registered twice panics.
 func RegisterStore(scheme string, params []string, open StoreOpener) {
 	storesMu.Lock()
 	defer storesMu.Unlock()
+	if _, dup := stores[scheme]; dup {
+		panic("replica: object store registered twice: " + scheme)
+	}
 	stores[scheme] = storeReg{params: params, open: open}
 }
 

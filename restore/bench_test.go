@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
-	_ "github.com/lnvault/lnvault/backends" // file:
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/restore"

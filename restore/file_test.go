@@ -3,13 +3,21 @@ package restore_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/restore"
 )
+
+// Tests open URLs: wire the storage in, as the binary does.
+func TestMain(m *testing.M) {
+	backends.Register()
+	os.Exit(m.Run())
+}
 
 // TestFileBackendRoundTrip runs Restore and Verify on the real file backend
 // in both formats: a snapshot then transactions, restored to the latest

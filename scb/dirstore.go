@@ -20,11 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func init() {
-	RegisterStore("file", openFileURL)
-	RegisterStore("dir", openDirURL)
-}
-
 // DirSuffix is appended to a file backup's path to name its SCB folder:
 // file:///var/backups/node.dbak keeps SCBs in /var/backups/node.dbak.scb/.
 const DirSuffix = ".scb"

@@ -77,11 +77,12 @@ type StoreOpener func(ctx context.Context, rawURL string, opts StoreOptions) (St
 
 var (
 	storeMu   sync.RWMutex
-	storeRegs = map[string]StoreOpener{}
+	storeRegs = map[string]StoreOpener{"file": openFileURL, "dir": openDirURL}
 )
 
-// RegisterStore makes a store available under a URL scheme. The server and
-// object-storage packages call it from init.
+// RegisterStore makes a store available under a URL scheme; file: and dir:
+// are this package's own and always there. Package backends calls it for
+// the others lnvault ships; a scheme registered twice panics.
 func RegisterStore(scheme string, open StoreOpener) {
 	storeMu.Lock()
 	defer storeMu.Unlock()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/wire"
@@ -29,6 +30,7 @@ import (
 const refEchoEnv = "LNVAULT_REF_ECHO_DIR"
 
 func TestMain(m *testing.M) {
+	backends.Register()
 	if dir := os.Getenv(refEchoEnv); dir != "" {
 		if err := runRefEcho(dir); err != nil {
 			fmt.Fprintln(os.Stderr, "reference echo:", err)

@@ -17,7 +17,6 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/dbapply"
-	_ "github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"

@@ -55,7 +55,7 @@ func (e *noExtError) Error() string {
 // answer must come within helloTimeout (no answer by then is a *noExtError
 // when silentIsNo, a timeout error otherwise); later reads use cfg.Timeout.
 func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, helloTimeout time.Duration, silentIsNo bool) (*extConn, error) {
-	nc, err := (&Backend{cfg: cfg}).dial(ctx)
+	nc, err := cfg.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func (c *extConn) netErr(ctx context.Context, what string, err error) error {
 	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
 		return &protocolError{fmt.Sprintf("backup server %s answered %s with a bad packet: %v", c.cfg.Addr(), what, err)}
 	}
-	return (&Backend{cfg: c.cfg}).netErr(ctx, op{name: what}, "waiting for the answer to", c.ic.timeout, err)
+	return c.cfg.netErr(ctx, op{name: what}, "waiting for the answer to", c.ic.timeout, err)
 }
 
 // request sends one packet and reads the first answer; EXT_ERROR becomes an
@@ -123,7 +123,7 @@ func (c *extConn) request(ctx context.Context, what string, send func(w *wire.Wr
 	c.nc.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
 	if err := send(c.wr); err != nil {
 		if isNetErr(err) {
-			return wire.Packet{}, (&Backend{cfg: c.cfg}).netErr(ctx, op{name: what}, "sending", c.cfg.Timeout, err)
+			return wire.Packet{}, c.cfg.netErr(ctx, op{name: what}, "sending", c.cfg.Timeout, err)
 		}
 		return wire.Packet{}, err
 	}

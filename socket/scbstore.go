@@ -12,10 +12,14 @@ import (
 	"github.com/lnvault/lnvault/wire"
 )
 
-func init() {
-	scb.RegisterStore("socket", func(ctx context.Context, rawURL string, opts scb.StoreOptions) (scb.Store, error) {
-		return OpenSCBStore(rawURL, opts)
-	})
+// OpenSCBStoreURL is OpenSCBStore as an scb.StoreOpener (package backends
+// wires it to socket: URLs).
+func OpenSCBStoreURL(_ context.Context, rawURL string, opts scb.StoreOptions) (scb.Store, error) {
+	st, err := OpenSCBStore(rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // ErrNoSCB: the server at the URL does not keep static channel backups (a

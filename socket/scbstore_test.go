@@ -52,7 +52,7 @@ func TestOpenSCBStoreURL(t *testing.T) {
 	if err != nil || st.String() != "socket:[::1]:8700" {
 		t.Fatalf("%v %v", st, err)
 	}
-	if _, err := scb.OpenStore(t.Context(), "socket:nohost", scb.StoreOptions{}); err == nil || !strings.Contains(err.Error(), "port missing") {
+	if _, err := OpenSCBStoreURL(t.Context(), "socket:nohost", scb.StoreOptions{}); err == nil || !strings.Contains(err.Error(), "port missing") {
 		t.Fatalf("bad URL: %v", err)
 	}
 }

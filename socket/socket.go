@@ -23,10 +23,14 @@ import (
 	"golang.org/x/net/proxy"
 )
 
-func init() {
-	lnvault.Register("socket", func(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
-		return Open(ctx, rawURL, opts)
-	})
+// OpenBackend is Open as an lnvault.Opener (package backends wires it to
+// socket: URLs).
+func OpenBackend(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
+	b, err := Open(ctx, rawURL, opts)
+	if err != nil {
+		return nil, err // not a typed nil inside the interface
+	}
+	return b, nil
 }
 
 // ErrRefused wraps a NACK from the server.
@@ -154,26 +158,30 @@ func (b *Backend) Metadata() lnvault.Metadata {
 }
 
 // dial opens a TCP connection, through the SOCKS5 proxy if configured.
-func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.ConnectTimeout)
+func (b *Backend) dial(ctx context.Context) (net.Conn, error) { return b.cfg.dial(ctx) }
+
+// dial opens a TCP connection to the server, through the SOCKS5 proxy if
+// configured (the backend and the extension connections share it).
+func (cfg Config) dial(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}}
 	var c net.Conn
 	var err error
-	if b.cfg.Proxy != "" {
+	if cfg.Proxy != "" {
 		// The proxy resolves host names itself (needed for .onion).
 		var pd proxy.Dialer
-		pd, err = proxy.SOCKS5("tcp", b.cfg.Proxy, nil, d)
+		pd, err = proxy.SOCKS5("tcp", cfg.Proxy, nil, d)
 		if err == nil {
-			c, err = pd.(proxy.ContextDialer).DialContext(ctx, "tcp", b.cfg.Addr())
+			c, err = pd.(proxy.ContextDialer).DialContext(ctx, "tcp", cfg.Addr())
 		}
 		if err != nil {
-			return nil, fmt.Errorf("connecting to backup server %s through SOCKS5 proxy %s: %w", b.cfg.Addr(), b.cfg.Proxy, err)
+			return nil, fmt.Errorf("connecting to backup server %s through SOCKS5 proxy %s: %w", cfg.Addr(), cfg.Proxy, err)
 		}
 	} else {
-		c, err = d.DialContext(ctx, "tcp", b.cfg.Addr())
+		c, err = d.DialContext(ctx, "tcp", cfg.Addr())
 		if err != nil {
-			return nil, fmt.Errorf("connecting to backup server %s: %w", b.cfg.Addr(), err)
+			return nil, fmt.Errorf("connecting to backup server %s: %w", cfg.Addr(), err)
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -359,17 +367,22 @@ func (e *netError) Error() string { return e.err.Error() }
 func (e *netError) Unwrap() error { return e.err }
 
 func (b *Backend) netErr(ctx context.Context, what op, doing string, timeout time.Duration, err error) error {
+	return b.cfg.netErr(ctx, what, doing, timeout, err)
+}
+
+// netErr words a network error of a request to the server.
+func (cfg Config) netErr(ctx context.Context, what op, doing string, timeout time.Duration, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s %s on backup server %s: %w", doing, what, b.cfg.Addr(), ctx.Err())
+		return fmt.Errorf("%s %s on backup server %s: %w", doing, what, cfg.Addr(), ctx.Err())
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &netError{fmt.Errorf("backup server %s did not answer %s within %v (timeout= in the URL): %w", b.cfg.Addr(), what, timeout, err)}
+		return &netError{fmt.Errorf("backup server %s did not answer %s within %v (timeout= in the URL): %w", cfg.Addr(), what, timeout, err)}
 	}
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
-	return &netError{fmt.Errorf("connection to backup server %s lost %s %s: %w", b.cfg.Addr(), doing, what, err)}
+	return &netError{fmt.Errorf("connection to backup server %s lost %s %s: %w", cfg.Addr(), doing, what, err)}
 }
 
 // Append sends c and returns once the server has acknowledged its version.

@@ -131,20 +131,7 @@ func TestCLIInitFreshNode(t *testing.T) {
 func TestCLIInitRefusesRunningNode(t *testing.T) {
 	ldir := t.TempDir()
 	replayCorpus(t, filepath.Join(ldir, "lightningd.sqlite3"), 10)
-	ln, err := net.Listen("unix", filepath.Join(ldir, "lightning-rpc"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := answerRPC(t, ldir)
 	bdir := t.TempDir()
 	url := "file://" + filepath.Join(bdir, "node.dbak")
 	r := runCLI(t, "init", url, "--lightning-dir", ldir)
@@ -162,6 +149,56 @@ func TestCLIInitRefusesRunningNode(t *testing.T) {
 	mustRun(t, "init", url, "--lightning-dir", ldir)
 	if lock := readLock(t, ldir); lock["backend_url"] != url {
 		t.Fatalf("backup.lock = %v", lock)
+	}
+}
+
+// answerRPC accepts connections on dir/lightning-rpc, as a running
+// lightningd does, until the test ends.
+func answerRPC(t *testing.T, dir string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("unix", filepath.Join(dir, "lightning-rpc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
+}
+
+// restore refuses to write under a running node, with --force too, and
+// leaves its database as it was.
+func TestCLIRestoreRefusesRunningNode(t *testing.T) {
+	url := "file://" + filepath.Join(t.TempDir(), "node.dbak")
+	src := t.TempDir()
+	replayCorpus(t, filepath.Join(src, "lightningd.sqlite3"), 10)
+	mustRun(t, "init", url, "--lightning-dir", src)
+	ldir := t.TempDir()
+	db := filepath.Join(ldir, "lightningd.sqlite3")
+	if err := os.WriteFile(db, []byte("the running node's database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln := answerRPC(t, ldir)
+	for _, dest := range []string{db, ldir} {
+		r := runCLI(t, "restore", url, dest, "--force")
+		assertOneLineError(t, r, "lightningd is running in "+ldir)
+		assertOneLineError(t, r, "stop it first (lightning-cli stop)")
+	}
+	if b, _ := os.ReadFile(db); string(b) != "the running node's database" {
+		t.Fatalf("a refused restore changed the node's database: %q", b)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	mustRun(t, "restore", url, db, "--force")
+	if b, _ := os.ReadFile(db); string(b) == "the running node's database" {
+		t.Fatal("restore --force with lightningd stopped did not replace the database")
 	}
 }
 

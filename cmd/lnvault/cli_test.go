@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/dumphash"
@@ -31,6 +32,7 @@ var lnvaultBin string
 var testDir string
 
 func TestMain(m *testing.M) {
+	backends.Register()
 	dir, err := os.MkdirTemp("", "lnvault-cli-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -65,7 +67,14 @@ type cliResult struct {
 // runCLI runs the binary with args and returns its output and exit code.
 func runCLI(t *testing.T, args ...string) cliResult {
 	t.Helper()
+	return runCLIWithInput(t, "", args...)
+}
+
+// runCLIWithInput is runCLI with stdin reading input.
+func runCLIWithInput(t *testing.T, input string, args ...string) cliResult {
+	t.Helper()
 	cmd := exec.Command(lnvaultBin, args...)
+	cmd.Stdin = strings.NewReader(input)
 	cmd.Env = append(os.Environ(), "LIGHTNINGD_PLUGIN=")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -169,21 +169,31 @@ func runInit(cmd *cobra.Command, urls []string) error {
 // socket: the snapshot would race with the node's writes and the node would
 // not yet back them up.
 func checkNodeStopped(dir string, force bool) error {
-	sock := filepath.Join(dir, "lightning-rpc")
-	if _, err := os.Stat(sock); err != nil {
+	sock, running := lightningdAnswers(dir)
+	if !running {
 		return nil
 	}
-	conn, err := net.DialTimeout("unix", sock, 2*time.Second)
-	if err != nil {
-		slog.Debug("lightning-rpc does not answer; assuming lightningd is stopped", "socket", sock, "err", err)
-		return nil
-	}
-	conn.Close()
 	if force {
 		slog.Warn("lightningd answers on its RPC socket; going on because of --force", "socket", sock)
 		return nil
 	}
 	return fmt.Errorf("lightningd is running (it answers on %s): stop lightningd first (lightning-cli stop), or pass --force", sock)
+}
+
+// lightningdAnswers reports whether a lightningd answers on dir's
+// lightning-rpc socket, and the socket's path.
+func lightningdAnswers(dir string) (string, bool) {
+	sock := filepath.Join(dir, "lightning-rpc")
+	if _, err := os.Stat(sock); err != nil {
+		return sock, false
+	}
+	conn, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		slog.Debug("lightning-rpc does not answer; assuming lightningd is stopped", "socket", sock, "err", err)
+		return sock, false
+	}
+	conn.Close()
+	return sock, true
 }
 
 // removeCreatedBackup undoes init's creation of a backup after a later step

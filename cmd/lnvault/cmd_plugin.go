@@ -1,14 +1,19 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/lnvault/lnvault/backupplugin"
+	"github.com/lnvault/lnvault/scb/clnext"
 	"github.com/spf13/cobra"
 )
 
+// pluginMain runs lnvault as a Core Lightning plugin, with the static
+// channel backup extension.
+func pluginMain(ctx context.Context) int { return backupplugin.Main(ctx, clnext.New()) }
+
 func init() {
-	pluginMain = backupplugin.Main
 	addCommand(&cobra.Command{
 		Use:    "plugin",
 		Short:  "Run as a Core Lightning plugin on stdin/stdout (lightningd does this with LIGHTNINGD_PLUGIN=1)",

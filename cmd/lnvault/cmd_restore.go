@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -59,6 +60,15 @@ func runRestore(cmd *cobra.Command, args []string) error {
 		return errors.New("--to-version 0 is not a version: omit the flag to restore the latest")
 	}
 
+	// Never under a running node, --force or not: lightningd would go on
+	// with the database it has open and overwrite what was restored.
+	destDir := filepath.Dir(dest)
+	if st, err := os.Stat(dest); err == nil && st.IsDir() {
+		destDir = dest
+	}
+	if sock, running := lightningdAnswers(destDir); running {
+		return fmt.Errorf("lightningd is running in %s (it answers on %s): stop it first (lightning-cli stop), then restore", destDir, sock)
+	}
 	b, err := openBackupURL(ctx, url, lnvault.OpenOptions{ReadOnly: true, Parallelism: par})
 	if err != nil {
 		return err

@@ -12,19 +12,8 @@ import (
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/wire"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 )
-
-// serverBackendHooks wrap the server's local backend before it is served, in
-// order (for example to replicate every change to object storage). Other
-// files add to it from their init.
-var serverBackendHooks []func(cmd *cobra.Command, b lnvault.Backend) (lnvault.Backend, error)
-
-// serverMetricsHooks add collectors to the server's Prometheus registry for
-// what the backend hooks added (for example the replicas' lag); b is the
-// backend as the hooks returned it.
-var serverMetricsHooks []func(b lnvault.Backend, reg prometheus.Registerer) error
 
 var serverCmd = &cobra.Command{
 	Use:   "server BACKEND_URL ADDR",
@@ -57,6 +46,7 @@ func init() {
 	f.String("tmpdir", "", "directory for incoming snapshots (default: the system's temp directory)")
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
 	f.String("scb", "", "keep the static channel backups lnvault clients send here (default for a file: backup: BACKEND_PATH.scb/; \"none\" to refuse them)")
+	addReplicateFlags(serverCmd)
 	addCommand(serverCmd)
 }
 
@@ -102,14 +92,13 @@ func runServer(cmd *cobra.Command, args []string) error {
 		}
 		return err
 	}
-	for _, hook := range serverBackendHooks {
-		nb, err := hook(cmd, b)
-		if err != nil {
-			b.Close()
-			return err
-		}
-		b = nb
+	// --replicate wraps the backend so every change is also shipped.
+	nb, err := withReplicas(cmd, b)
+	if err != nil {
+		b.Close()
+		return err
 	}
+	b = nb
 	m := b.Metadata()
 	log.Info("serving backup", "url", backendURL, "version", m.Version, "version_count", m.VersionCount)
 
@@ -135,11 +124,9 @@ func runServer(cmd *cobra.Command, args []string) error {
 		Logger:               log,
 		SCB:                  scbStore,
 	}, b)
-	for _, hook := range serverMetricsHooks {
-		if err := hook(b, srv.Registry()); err != nil {
-			b.Close()
-			return fmt.Errorf("registering metrics: %w", err)
-		}
+	if err := registerReplicaMetrics(b, srv.Registry()); err != nil {
+		b.Close()
+		return fmt.Errorf("registering metrics: %w", err)
 	}
 
 	if metricsAddr != "" {

@@ -16,15 +16,14 @@ import (
 // `lnvault server ... --replicate s3://...` ships every change the server
 // stores to object storage in the background, as segments, with snapshots on
 // compaction; after a crash it resumes from what the replica holds.
-func init() {
-	f := serverCmd.Flags()
+func addReplicateFlags(c *cobra.Command) {
+	f := c.Flags()
 	f.StringArray("replicate", nil, "also ship every change in the background to this replica (s3://BUCKET/PREFIX?endpoint=...&region=...&path-style=true, or dir:///path); repeatable")
 	f.Duration("replicate-interval", replica.DefaultReplicatorInterval, "upload what accumulated at least this often (bounds the replica's lag)")
-	serverBackendHooks = append(serverBackendHooks, replicateHook)
-	serverMetricsHooks = append(serverMetricsHooks, replicaMetricsHook)
 }
 
-func replicateHook(cmd *cobra.Command, b lnvault.Backend) (lnvault.Backend, error) {
+// withReplicas wraps b with a replicator per --replicate URL.
+func withReplicas(cmd *cobra.Command, b lnvault.Backend) (lnvault.Backend, error) {
 	urls, _ := cmd.Flags().GetStringArray("replicate")
 	interval, _ := cmd.Flags().GetDuration("replicate-interval")
 	ctx := cmd.Context()
@@ -78,8 +77,8 @@ func openReplicaWaiting(ctx context.Context, client *replica.Client, opts replic
 	}
 }
 
-// replicaMetricsHook exports every replica's lag, uploads and errors.
-func replicaMetricsHook(b lnvault.Backend, reg prometheus.Registerer) error {
+// registerReplicaMetrics exports every replica's lag, uploads and errors.
+func registerReplicaMetrics(b lnvault.Backend, reg prometheus.Registerer) error {
 	rs := replica.ReplicatorsOf(b)
 	if len(rs) == 0 {
 		return nil

@@ -12,13 +12,9 @@ import (
 	"os/signal"
 	"syscall"
 
-	_ "github.com/lnvault/lnvault/backends" // file:, socket:, s3:
+	"github.com/lnvault/lnvault/backends"
 	"github.com/spf13/cobra"
 )
-
-// pluginMain runs lnvault as a Core Lightning plugin; set by the plugin
-// sub-command's file.
-var pluginMain func(ctx context.Context) int
 
 var logLevel = new(slog.LevelVar)
 
@@ -48,7 +44,8 @@ func addCommand(c *cobra.Command) { rootCmd.AddCommand(c) }
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" && pluginMain != nil {
+	backends.Register()
+	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" {
 		os.Exit(pluginMain(ctx))
 	}
 	if err := rootCmd.ExecuteContext(ctx); err != nil {

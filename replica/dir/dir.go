@@ -42,7 +42,8 @@ func New(root string) (*Store, error) {
 	return &Store{Root: filepath.Clean(root)}, nil
 }
 
-func (s *Store) String() string { return "file://" + s.Root }
+// String is the store's URL (dir:///abs/path), as the operator wrote it.
+func (s *Store) String() string { return "dir://" + s.Root }
 
 func (s *Store) path(key string) (string, error) {
 	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "\\") {
@@ -303,12 +304,30 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 
 func (s *Store) Close() error { return nil }
 
-func init() {
-	replica.RegisterStore("dir", nil, func(ctx context.Context, u *url.URL, q url.Values) (replica.ObjectStore, error) {
-		if u.Host != "" {
-			return nil, fmt.Errorf("dir URL %q: use dir:///absolute/path (three slashes)", u.Redacted())
+// RemoveIfEmpty removes the store's directory once it holds no object (only
+// its lock file): after a backup there is deleted, nothing is left behind.
+func (s *Store) RemoveIfEmpty() error {
+	ents, err := os.ReadDir(s.Root)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Name() != ".lease-lock" {
+			return nil
 		}
-		return New(u.Path)
-	})
-	lnvault.Register("dir", replica.OpenBackendURL)
+	}
+	os.Remove(filepath.Join(s.Root, ".lease-lock"))
+	if err := os.Remove(s.Root); err != nil {
+		return err
+	}
+	return durable.SyncDir(filepath.Dir(s.Root))
+}
+
+// OpenURL opens the store of a dir:///abs/path URL (a replica.StoreOpener;
+// package backends wires it to dir: URLs).
+func OpenURL(_ context.Context, u *url.URL, _ url.Values) (replica.ObjectStore, error) {
+	if u.Host != "" {
+		return nil, fmt.Errorf("dir URL %q: use dir:///absolute/path (three slashes)", u.Redacted())
+	}
+	return New(u.Path)
 }

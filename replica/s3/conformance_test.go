@@ -3,13 +3,20 @@ package s3_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/internal/backendtest"
 	"github.com/lnvault/lnvault/internal/s3test"
-	_ "github.com/lnvault/lnvault/replica/dir" // dir:// URLs
 )
+
+// Tests open URLs: wire the storage in, as the binary does.
+func TestMain(m *testing.M) {
+	backends.Register()
+	os.Exit(m.Run())
+}
 
 // s3:// on a real S3 server (versitygw) and dir:// keep the Backend contract.
 func TestConformance(t *testing.T) {

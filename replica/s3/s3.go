@@ -1,6 +1,6 @@
 // Package s3 is a replica.ObjectStore on S3-compatible object storage
-// (AWS S3, versitygw, MinIO, ...) with aws-sdk-go-v2. Importing it registers
-// the lnvault backend scheme "s3":
+// (AWS S3, versitygw, MinIO, ...) with aws-sdk-go-v2; package backends wires
+// it to the scheme "s3":
 //
 //	s3://bucket/prefix?endpoint=http://127.0.0.1:7070&region=us-east-1&path-style=true&timeout=10s
 //
@@ -31,16 +31,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/replica"
-	_ "github.com/lnvault/lnvault/replica/dir" // dir:// replicas come with s3://
 )
 
-func init() {
-	replica.RegisterStore("s3", Params, func(ctx context.Context, u *url.URL, q url.Values) (replica.ObjectStore, error) {
-		return Open(ctx, u, q)
-	})
-	lnvault.Register("s3", replica.OpenBackendURL)
+// OpenURL opens the store of an s3://bucket/prefix URL (a
+// replica.StoreOpener; package backends wires it to s3: URLs).
+func OpenURL(ctx context.Context, u *url.URL, q url.Values) (replica.ObjectStore, error) {
+	st, err := Open(ctx, u, q)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // Params are the query parameters the S3 store itself reads.
@@ -229,11 +232,24 @@ func (s *Store) PutFile(ctx context.Context, key string, f *os.File, size int64)
 	return nil
 }
 
+var _ replica.MetaStore = (*Store)(nil)
+
 // PutIf is a conditional PUT (If-None-Match: * or If-Match: etag).
 func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string) (string, error) {
+	return s.putIf(ctx, key, data, match, nil)
+}
+
+// PutIfAbsentMeta is a PUT with If-None-Match: * and user metadata.
+func (s *Store) PutIfAbsentMeta(ctx context.Context, key string, data []byte, meta map[string]string) error {
+	_, err := s.putIf(ctx, key, data, "", meta)
+	return err
+}
+
+func (s *Store) putIf(ctx context.Context, key string, data []byte, match string, meta map[string]string) (string, error) {
 	in := &s3.PutObjectInput{
 		Bucket: aws.String(s.Bucket), Key: aws.String(s.Prefix + key),
 		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+		Metadata: meta,
 	}
 	if match == "" {
 		in.IfNoneMatch = aws.String("*")
@@ -248,6 +264,10 @@ func (s *Store) PutIf(ctx context.Context, key string, data []byte, match string
 			case "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey":
 				return "", fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
 			}
+		}
+		var re *smithyhttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusPreconditionFailed {
+			return "", fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
 		}
 		return "", s.explain("writing "+key+" to", err)
 	}
@@ -337,28 +357,33 @@ func (e *errWriter) Write(p []byte) (int, error) {
 
 // GetRange downloads the first n bytes of an object (a ranged GET).
 func (s *Store) GetRange(ctx context.Context, key string, n int64) ([]byte, error) {
+	data, _, err := s.GetMeta(ctx, key, n)
+	return data, err
+}
+
+// GetMeta returns at most the first n bytes of an object and its metadata.
+func (s *Store) GetMeta(ctx context.Context, key string, n int64) ([]byte, map[string]string, error) {
 	if n <= 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	out, err := s.getObject(ctx, &s3.GetObjectInput{Range: aws.String(fmt.Sprintf("bytes=0-%d", n-1))}, key)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+		return nil, nil, err
 	}
 	if err != nil {
 		var ae smithy.APIError
 		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
-			return nil, nil // an empty object
+			return nil, nil, nil // an empty object
 		}
-		return nil, s.explain("reading "+key+" from", err)
+		return nil, nil, s.explain("reading "+key+" from", err)
 	}
 	defer out.Body.Close()
 	// A server that ignores Range sends the whole object: read n bytes only.
-	buf := make([]byte, n)
-	k, err := io.ReadFull(out.Body, buf)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return nil, s.explain("reading "+key+" from", err)
+	data, err := io.ReadAll(io.LimitReader(out.Body, n))
+	if err != nil {
+		return nil, nil, s.explain("reading "+key+" from", err)
 	}
-	return buf[:k], nil
+	return data, out.Metadata, nil
 }
 
 // List lists every object under prefix.

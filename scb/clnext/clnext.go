@@ -1,5 +1,6 @@
 // Package clnext runs static channel backups inside lnvault's Core Lightning
-// plugin. Importing it registers a backupplugin.Extension that:
+// plugin: New returns the backupplugin.Extension (the binary hands it to
+// backupplugin.Main) that:
 //
 //   - subscribes to channel_opened and channel_state_changed, and after init
 //     and after each burst of those events calls `staticbackup` over the
@@ -38,8 +39,6 @@ import (
 	"github.com/lnvault/lnvault/clnplugin"
 	"github.com/lnvault/lnvault/scb"
 )
-
-func init() { backupplugin.RegisterExtension(New()) }
 
 // Plugin options.
 const (

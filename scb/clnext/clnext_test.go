@@ -17,21 +17,20 @@ import (
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/scb/clnext"
-
-	_ "github.com/lnvault/lnvault/file"
-	_ "github.com/lnvault/lnvault/scb/s3store" // also registers the s3 backend
 )
 
 // The test binary is also the plugin (the harness starts it with
 // LIGHTNINGD_PLUGIN=1), with the SCB extension registered by the import of
 // clnext and its timings shortened so the tests are quick.
 func TestMain(m *testing.M) {
+	backends.Register()
 	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" {
 		clnext.Debounce = 150 * time.Millisecond
 		clnext.RetryMin = 100 * time.Millisecond
@@ -42,7 +41,7 @@ func TestMain(m *testing.M) {
 		lnvault.Register("alias", func(ctx context.Context, rawURL string, opts lnvault.OpenOptions) (lnvault.Backend, error) {
 			return lnvault.Open(ctx, "file://"+strings.TrimPrefix(rawURL, "alias://"), opts)
 		})
-		os.Exit(backupplugin.Main(context.Background()))
+		os.Exit(backupplugin.Main(context.Background(), clnext.New()))
 	}
 	os.Exit(m.Run())
 }

@@ -1,5 +1,5 @@
 // Package s3store keeps static channel backups on S3-compatible object
-// storage. Importing it registers the scb store scheme "s3", so the same URL
+// storage. Package backends wires it to the scb store scheme "s3", so the same URL
 // that names an object-storage backup in backup.lock also names where its
 // SCBs go:
 //
@@ -16,33 +16,30 @@
 package s3store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"log/slog"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
-	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/replica"
-	rs3 "github.com/lnvault/lnvault/replica/s3"
 	"github.com/lnvault/lnvault/scb"
 )
 
-func init() {
-	scb.RegisterStore("s3", func(ctx context.Context, rawURL string, opts scb.StoreOptions) (scb.Store, error) {
-		return Open(ctx, rawURL, opts)
-	})
+// OpenURL is Open as an scb.StoreOpener (package backends wires it to s3:
+// URLs).
+func OpenURL(ctx context.Context, rawURL string, opts scb.StoreOptions) (scb.Store, error) {
+	st, err := Open(ctx, rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 const (
@@ -63,11 +60,10 @@ const (
 
 // Store is an scb.Store on an S3 bucket.
 type Store struct {
-	obj    *rs3.Store
-	log    *slog.Logger
-	prefix string     // obj.Prefix + Dir
-	mu     sync.Mutex // one Put at a time from this handle
-	next   uint64     // the number the next Put tries; 0: list first
+	obj  replica.MetaStore
+	log  *slog.Logger
+	mu   sync.Mutex // one Put at a time from this handle
+	next uint64     // the number the next Put tries; 0: list first
 	// now is the clock (tests).
 	now func() time.Time
 }
@@ -83,16 +79,21 @@ func Open(ctx context.Context, rawURL string, opts scb.StoreOptions) (*Store, er
 	if err != nil {
 		return nil, err
 	}
-	st, ok := ost.(*rs3.Store)
+	st, ok := ost.(replica.MetaStore)
 	if !ok {
 		ost.Close()
-		return nil, fmt.Errorf("s3 URL %q did not open an S3 store (%T)", rawURL, ost)
+		return nil, fmt.Errorf("s3 URL %q opened a store that keeps no object metadata (%s)", rawURL, ost)
 	}
+	return New(st, opts), nil
+}
+
+// New returns the SCB store under Dir of an object store.
+func New(st replica.MetaStore, opts scb.StoreOptions) *Store {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Store{obj: st, log: log, prefix: st.Prefix + Dir, now: time.Now}, nil
+	return &Store{obj: st, log: log, now: time.Now}
 }
 
 // String names the folder of versions (no credentials: the URL's query is
@@ -193,46 +194,7 @@ func (s *Store) Put(ctx context.Context, env []byte) (scb.Version, error) {
 }
 
 func (s *Store) putIfAbsent(ctx context.Context, key string, data []byte, stored time.Time) error {
-	_, err := s.obj.Client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket:        aws.String(s.obj.Bucket),
-		Key:           aws.String(s.obj.Prefix + key),
-		Body:          bytes.NewReader(data),
-		ContentLength: aws.Int64(int64(len(data))),
-		ContentType:   aws.String("application/octet-stream"),
-		IfNoneMatch:   aws.String("*"),
-		Metadata:      map[string]string{metaStored: stored.Format(time.RFC3339Nano)},
-	})
-	if err == nil {
-		return nil
-	}
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		switch ae.ErrorCode() {
-		case "PreconditionFailed", "ConditionalRequestConflict":
-			return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
-		}
-	}
-	var re *smithyhttp.ResponseError
-	if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusPreconditionFailed {
-		return fmt.Errorf("%s: %w", key, replica.ErrPrecondition)
-	}
-	return s.explain("writing "+key+" to", err)
-}
-
-// explain makes one line of an SDK error.
-func (s *Store) explain(op string, err error) error {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		switch ae.ErrorCode() {
-		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch":
-			return fmt.Errorf("s3: %s %s: access denied (%s): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile's rights", op, s.obj, ae.ErrorCode())
-		}
-		return fmt.Errorf("s3: %s %s: %s: %s", op, s.obj, ae.ErrorCode(), ae.ErrorMessage())
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("s3: %s %s: %w", op, s.obj, err)
-	}
-	return fmt.Errorf("s3: %s %s: cannot reach the endpoint (check endpoint= and the network): %w", op, s.obj, err)
+	return s.obj.PutIfAbsentMeta(ctx, key, data, map[string]string{metaStored: stored.Format(time.RFC3339Nano)})
 }
 
 func versionOf(id string, seq uint64, t time.Time, h scb.Header, size int64) scb.Version {
@@ -307,27 +269,17 @@ func (s *Store) listed(ctx context.Context, o object) (scb.Version, error) {
 	if o.size == 0 {
 		return DecodeListed(o.seq, nil, 0, "", o.modTime), nil
 	}
-	res, err := s.obj.Client.GetObject(ctx, &s3.GetObjectInput{
-		Bucket: aws.String(s.obj.Bucket),
-		Key:    aws.String(s.obj.Prefix + key),
-		Range:  aws.String(fmt.Sprintf("bytes=0-%d", headLen-1)),
-	})
-	if err != nil {
-		var ae smithy.APIError
-		if errors.As(err, &ae) && (ae.ErrorCode() == "NoSuchKey" || ae.ErrorCode() == "NotFound") {
-			// Deleted between the listing and the GET: show it as gone.
-			v := DecodeListed(o.seq, nil, o.size, "", o.modTime)
-			v.Err = fmt.Errorf("%s vanished while listing", key)
-			return v, nil
-		}
-		return scb.Version{}, s.explain("reading "+key+" from", err)
+	head, meta, err := s.obj.GetMeta(ctx, key, headLen)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted between the listing and the GET: show it as gone.
+		v := DecodeListed(o.seq, nil, o.size, "", o.modTime)
+		v.Err = fmt.Errorf("%s vanished while listing", key)
+		return v, nil
 	}
-	defer res.Body.Close()
-	head, err := io.ReadAll(io.LimitReader(res.Body, headLen))
 	if err != nil {
-		return scb.Version{}, s.explain("reading "+key+" from", err)
+		return scb.Version{}, err
 	}
-	return DecodeListed(o.seq, head, o.size, res.Metadata[metaStored], o.modTime), nil
+	return DecodeListed(o.seq, head, o.size, meta[metaStored], o.modTime), nil
 }
 
 // Get implements scb.Store. The id's sequence number names the object; a
@@ -339,28 +291,20 @@ func (s *Store) Get(ctx context.Context, id string) ([]byte, error) {
 		return nil, err
 	}
 	key := Key(seq)
-	res, err := s.obj.Client.GetObject(ctx, &s3.GetObjectInput{
-		Bucket: aws.String(s.obj.Bucket),
-		Key:    aws.String(s.obj.Prefix + key),
-	})
-	if err != nil {
-		var ae smithy.APIError
-		if errors.As(err, &ae) && (ae.ErrorCode() == "NoSuchKey" || ae.ErrorCode() == "NotFound") {
-			return nil, fmt.Errorf("%w: no version %s in %s", scb.ErrNoVersion, id, s)
-		}
-		return nil, s.explain("reading "+key+" from", err)
+	// Bounded by the largest envelope; one cut short fails its checksum.
+	data, meta, err := s.obj.GetMeta(ctx, key, scb.MaxPayload+4096)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no version %s in %s", scb.ErrNoVersion, id, s)
 	}
-	defer res.Body.Close()
-	if m, ok := res.Metadata[metaStored]; ok {
+	if err != nil {
+		return nil, err
+	}
+	if m, ok := meta[metaStored]; ok {
 		if st, err := time.Parse(time.RFC3339Nano, m); err == nil && scb.VersionID(seq, st) != id {
 			return nil, fmt.Errorf("%w: no version %s in %s (version %d there is %s)", scb.ErrNoVersion, id, s, seq, scb.VersionID(seq, st))
 		}
 	}
 	// Without metadata (an object copied by hand) the listing's time made
 	// the id, which a GET does not return: the number decides.
-	data, err := io.ReadAll(io.LimitReader(res.Body, scb.MaxPayload+4096))
-	if err != nil {
-		return nil, s.explain("reading "+key+" from", err)
-	}
 	return data, nil
 }

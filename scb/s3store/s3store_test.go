@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,10 +18,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/backends"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/scb/s3store"
 )
+
+// Tests open URLs: wire the storage in, as the binary does.
+func TestMain(m *testing.M) {
+	backends.Register()
+	os.Exit(m.Run())
+}
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
