@@ -5,6 +5,7 @@
 package lnvault
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -53,6 +54,40 @@ type Change struct {
 // NewTransaction returns a transaction change.
 func NewTransaction(version uint32, statements []string) *Change {
 	return &Change{Version: version, Kind: KindTransaction, Statements: statements}
+}
+
+// JoinStatements appends a transaction's payload, as the file format and the
+// wire protocol store it (statements joined by NUL, no trailing NUL), to
+// dst. A statement containing NUL cannot be represented.
+func JoinStatements(dst []byte, stmts []string) ([]byte, error) {
+	for i, s := range stmts {
+		if strings.IndexByte(s, 0) >= 0 {
+			return dst, fmt.Errorf("statement %d contains a NUL byte, which the format uses as separator", i)
+		}
+		if i > 0 {
+			dst = append(dst, 0)
+		}
+		dst = append(dst, s...)
+	}
+	return dst, nil
+}
+
+// SplitStatements splits a transaction payload (JoinStatements) at NUL
+// bytes. An empty payload is a transaction without statements.
+func SplitStatements(b []byte) []string {
+	if len(b) == 0 {
+		return nil
+	}
+	s := string(b) // one allocation; the statements are substrings of it
+	out := make([]string, 0, bytes.Count(b, []byte{0})+1)
+	for {
+		i := strings.IndexByte(s, 0)
+		if i < 0 {
+			return append(out, s)
+		}
+		out = append(out, s[:i])
+		s = s[i+1:]
+	}
 }
 
 // NewSnapshot returns a snapshot change whose bytes are read from r.

@@ -185,6 +185,10 @@ func RunRequests(ctx context.Context, o Options, reqs []corpus.Request, name str
 	if _, err := h.Stop(ctx); err != nil {
 		return res, err
 	}
+	if lnvault.Scheme(url) == "socket" {
+		// A server serves one backup: there is no scratch one to remove.
+		o.logf("the server at %s now holds the bench's changes: delete its backup on the server (stop it, lnvault delete its store URL) before lnvault init", url)
+	}
 	lats := h.Latencies()
 	res.Ack = harness.Summarize(lats)
 	res.ChangesPerSec = float64(len(lats)) / res.Elapsed.Seconds()

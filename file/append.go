@@ -195,12 +195,10 @@ func (b *Backend) writeTx(format uint32, off uint64, c *lnvault.Change) (int64, 
 	if cap(b.raw) < hl {
 		b.raw = make([]byte, 0, 4096)
 	}
-	buf := b.buf[:hl]
-	for i, s := range c.Statements {
-		if i > 0 {
-			buf = append(buf, 0)
-		}
-		buf = append(buf, s...)
+	buf, err := lnvault.JoinStatements(b.buf[:hl], c.Statements)
+	if err != nil {
+		b.buf = buf[:0]
+		return 0, err
 	}
 	rawLen := len(buf) - hl
 	if rawLen > maxTxRaw {

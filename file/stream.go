@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
@@ -155,7 +154,7 @@ func (w *walker) v1(ctx context.Context) error {
 				if _, err := w.f.ReadAt(w.buf, off+v1RecHdr); err != nil {
 					return fmt.Errorf("reading record at %d: %w", off, err)
 				}
-				c.Statements = splitStatements(w.buf)
+				c.Statements = lnvault.SplitStatements(w.buf)
 			}
 		}
 		if err := w.visit(r, c); err != nil {
@@ -314,7 +313,7 @@ func (w *walker) changeV2(r rec) (*lnvault.Change, func(), error) {
 			w.raw = out
 			payload = out
 		}
-		c.Statements = splitStatements(payload)
+		c.Statements = lnvault.SplitStatements(payload)
 		return c, nil, nil
 	}
 	stored := io.NewSectionReader(w.f, r.off+v2RecHdr, r.stored)
@@ -354,15 +353,6 @@ func grow(b []byte, n int) []byte {
 		return make([]byte, n, n+n/4)
 	}
 	return b[:n]
-}
-
-// splitStatements splits a NUL-joined payload. One string holds them all, so
-// a change costs one allocation for its text.
-func splitStatements(p []byte) []string {
-	if len(p) == 0 {
-		return nil
-	}
-	return strings.Split(string(p), "\x00")
 }
 
 func crcRange(f *os.File, off, n int64) (uint32, error) {

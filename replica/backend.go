@@ -414,14 +414,36 @@ func (b *Backend) Rewind(ctx context.Context) (err error) {
 		return fmt.Errorf("generation %s of %s vanished: %w", b.gen, b.client, lnvault.ErrCorrupt)
 	}
 	headIdx := b.md.VersionCount - 1
-	var headSeg *SegmentInfo
+	headSeg, headSnaps, before := headObjects(g, headIdx)
+	switch {
+	case headSeg == nil && len(headSnaps) > 0 && before:
+		err = b.dropHeadSnapshots(ctx, g, headIdx, headSnaps)
+	case headSeg != nil && headSeg.FirstIndex == headIdx:
+		err = b.dropHeadSegment(ctx, g, headIdx, *headSeg)
+	case headSeg != nil && headIdx > 0:
+		// The head shares its segment with older changes: a new
+		// generation whose base snapshot says prev_version 0 itself.
+		err = b.restartGeneration(ctx, g, headIdx-1, true)
+	default:
+		return fmt.Errorf("cannot rewind %s: its head is a snapshot (the change before it is gone): %w", b.client, lnvault.ErrRewindTwice)
+	}
+	if err != nil {
+		return err
+	}
+	b.rewound = true
+	return nil
+}
+
+// headObjects returns the segment that ends at the head (index headIdx),
+// the snapshots of the head (an appended snapshot change), and whether the
+// state before the head is stored (in a snapshot or at a segment's end).
+func headObjects(g *Generation, headIdx uint64) (headSeg *SegmentInfo, headSnaps []SnapshotInfo, before bool) {
 	for i := range g.Segments {
 		if g.Segments[i].LastIndex == headIdx {
 			headSeg = &g.Segments[i]
 		}
 	}
-	var headSnaps []SnapshotInfo // an appended snapshot change
-	before := headIdx == 0       // the state before the head is stored
+	before = headIdx == 0
 	for _, s := range g.Snapshots {
 		if s.Index == headIdx {
 			headSnaps = append(headSnaps, s)
@@ -431,72 +453,59 @@ func (b *Backend) Rewind(ctx context.Context) (err error) {
 	for _, s := range g.Segments {
 		before = before || s.LastIndex+1 == headIdx
 	}
-	// The marker goes first: a crash after it and before the deletion
-	// leaves the head in place (the marker applies only to the change
-	// before it), and the deletion is done again at the next start.
-	// Older markers can no longer apply: they go.
-	mark := func() error {
-		if err := b.client.WriteRewound(ctx, g.ID, headIdx); err != nil {
-			return fmt.Errorf("storing the rewind of version %d: %w", b.md.Version, err)
+	return headSeg, headSnaps, before
+}
+
+// markRewound stores the rewind marker of the head. The marker goes before
+// the deletion: a crash between them leaves the head in place (the marker
+// applies only to the change before it), and the deletion is done again at
+// the next start. Older markers can no longer apply: they go.
+func (b *Backend) markRewound(ctx context.Context, g *Generation, headIdx uint64) error {
+	if err := b.client.WriteRewound(ctx, g.ID, headIdx); err != nil {
+		return fmt.Errorf("storing the rewind of version %d: %w", b.md.Version, err)
+	}
+	if stale := slices.DeleteFunc(slices.Clone(g.Rewound), func(i uint64) bool { return i == headIdx }); len(stale) > 0 {
+		if err := b.client.DeleteRewound(ctx, g.ID, stale); err != nil {
+			b.log.Warn("replica: could not delete old rewind markers (harmless)", "replica", b.client.String(), "err", err)
 		}
-		if stale := slices.DeleteFunc(slices.Clone(g.Rewound), func(i uint64) bool { return i == headIdx }); len(stale) > 0 {
-			if err := b.client.DeleteRewound(ctx, g.ID, stale); err != nil {
-				b.log.Warn("replica: could not delete old rewind markers (harmless)", "replica", b.client.String(), "err", err)
-			}
-		}
-		g.Rewound = []uint64{headIdx}
+	}
+	g.Rewound = []uint64{headIdx}
+	return nil
+}
+
+// dropHeadSnapshots rewinds a head that is an appended snapshot.
+func (b *Backend) dropHeadSnapshots(ctx context.Context, g *Generation, headIdx uint64, snaps []SnapshotInfo) error {
+	if err := b.markRewound(ctx, g, headIdx); err != nil {
+		return err
+	}
+	if err := b.client.DeleteSnapshots(ctx, snaps); err != nil {
+		return err
+	}
+	g.Snapshots = slices.DeleteFunc(g.Snapshots, func(s SnapshotInfo) bool { return s.Index == headIdx })
+	return b.headAfterDrop(ctx, g)
+}
+
+// dropHeadSegment rewinds a head that is alone in its segment.
+func (b *Backend) dropHeadSegment(ctx context.Context, g *Generation, headIdx uint64, seg SegmentInfo) error {
+	if err := b.markRewound(ctx, g, headIdx); err != nil {
+		return err
+	}
+	if err := b.client.DeleteSegments(ctx, []SegmentInfo{seg}); err != nil {
+		return err
+	}
+	g.Segments = slices.DeleteFunc(g.Segments, func(s SegmentInfo) bool { return s.Key == seg.Key })
+	g.Snapshots = slices.DeleteFunc(g.Snapshots, func(s SnapshotInfo) bool { return s.Index >= headIdx })
+	return b.headAfterDrop(ctx, g)
+}
+
+// headAfterDrop loads the new head (its prev_version is in the object
+// before it) of what is left of g.
+func (b *Backend) headAfterDrop(ctx context.Context, g *Generation) error {
+	if len(g.Segments) == 0 && len(g.Snapshots) == 0 {
+		b.md, b.head, b.headSeg = lnvault.Metadata{}, nil, nil
 		return nil
 	}
-	switch {
-	case headSeg == nil && len(headSnaps) > 0 && before:
-		if err := mark(); err != nil {
-			return err
-		}
-		if err := b.client.DeleteSnapshots(ctx, headSnaps); err != nil {
-			return err
-		}
-		g.Snapshots = slices.DeleteFunc(g.Snapshots, func(s SnapshotInfo) bool { return s.Index == headIdx })
-		if len(g.Segments) == 0 && len(g.Snapshots) == 0 {
-			b.md, b.head, b.headSeg = lnvault.Metadata{}, nil, nil
-		} else if err := b.loadHead(ctx, g); err != nil {
-			return err
-		}
-	case headSeg != nil && headSeg.FirstIndex == headIdx:
-		if err := mark(); err != nil {
-			return err
-		}
-		if err := b.client.DeleteSegments(ctx, []SegmentInfo{*headSeg}); err != nil {
-			return err
-		}
-		// The new head's prev_version is in the object before it.
-		for i := range g.Segments {
-			if g.Segments[i].Key == headSeg.Key {
-				g.Segments = slices.Delete(g.Segments, i, i+1)
-				break
-			}
-		}
-		var kept []SnapshotInfo
-		for _, s := range g.Snapshots {
-			if s.Index < headIdx {
-				kept = append(kept, s)
-			}
-		}
-		g.Snapshots = kept
-		if len(g.Segments) == 0 && len(g.Snapshots) == 0 {
-			b.md, b.head, b.headSeg = lnvault.Metadata{}, nil, nil
-		} else if err := b.loadHead(ctx, g); err != nil {
-			return err
-		}
-	case headSeg != nil && headIdx > 0:
-		// The new generation's base snapshot says prev_version 0 itself.
-		if err := b.restartGeneration(ctx, g, headIdx-1, true); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("cannot rewind %s: its head is a snapshot (the change before it is gone): %w", b.client, lnvault.ErrRewindTwice)
-	}
-	b.rewound = true
-	return nil
+	return b.loadHead(ctx, g)
 }
 
 // restartGeneration starts a new generation whose base is the state after

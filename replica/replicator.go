@@ -303,6 +303,9 @@ func (r *Replicator) resync(ctx context.Context) error {
 	}
 }
 
+// catchUp ships what the replica lacks: the local changes after the
+// replica's head if that head is in the local log, else a new generation
+// from the local state.
 func (r *Replicator) catchUp(ctx context.Context) error {
 	lmd := r.local.Metadata()
 	if lmd.VersionCount == 0 && lmd.Version == 0 {
@@ -318,7 +321,26 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 	if rmd == lmd && rhead == nil && rmd.VersionCount > 0 {
 		return nil // a generation that starts with a snapshot of this very head
 	}
+	matched, err := r.shipAfter(ctx, rmd, rhead)
+	if err != nil {
+		return err
+	}
+	if matched {
+		r.log.Info("replica: caught up", "replica", r.rb.client.String(), "version", r.rb.Metadata().Version)
+		return nil
+	}
+	// The replica's head is not in the local history (a rewind after it was
+	// uploaded, a compacted local log, another history): start a new
+	// generation from the local state.
+	r.log.Info("replica: histories differ, starting a new generation", "replica", r.rb.client.String(), "replica_version", rmd.Version, "local_version", lmd.Version)
+	return r.restartFromLocal(ctx, lmd)
+}
 
+// shipAfter finds the replica's head (rmd, with its transaction rhead) in
+// the local log (same version, same previous version, same statements) and
+// uploads every change after it, in batches; matched is false when the head
+// is not there.
+func (r *Replicator) shipAfter(ctx context.Context, rmd lnvault.Metadata, rhead *lnvault.Change) (matched bool, err error) {
 	var batch []*lnvault.Change
 	var batchBytes int64
 	flush := func() error {
@@ -329,9 +351,7 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 		batch, batchBytes = nil, 0
 		return err
 	}
-	// Find the replica's head in the local log: same version, same previous
-	// version, same statements. Everything after it is missing.
-	matched := rmd.VersionCount == 0
+	matched = rmd.VersionCount == 0
 	var prev *lnvault.Change
 	from := uint32(0)
 	if !matched {
@@ -340,7 +360,7 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 			from = rmd.Version
 		}
 	}
-	err := r.local.Stream(ctx, from, func(c *lnvault.Change) error {
+	err = r.local.Stream(ctx, from, func(c *lnvault.Change) error {
 		defer func() { prev = &lnvault.Change{Version: c.Version, Kind: c.Kind} }()
 		if !matched {
 			if c.Version > rmd.Version {
@@ -358,14 +378,7 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 			if err := flush(); err != nil {
 				return err
 			}
-			if err := r.upload(ctx, []*lnvault.Change{c}); err != nil {
-				return err
-			}
-			md := r.rb.Metadata()
-			r.mu.Lock()
-			r.shipped = &shippedSnapshot{version: c.Version, md: md}
-			r.mu.Unlock()
-			return nil
+			return r.shipSnapshot(ctx, c)
 		}
 		cc := cloneTransaction(c)
 		batch = append(batch, cc)
@@ -376,19 +389,29 @@ func (r *Replicator) catchUp(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("streaming the local backup: %w", err)
+		return false, fmt.Errorf("streaming the local backup: %w", err)
 	}
-	if matched {
-		if err := flush(); err != nil {
-			return err
-		}
-		r.log.Info("replica: caught up", "replica", r.rb.client.String(), "version", r.rb.Metadata().Version)
-		return nil
+	if !matched {
+		return false, nil
 	}
-	// The replica's head is not in the local history (a rewind after it was
-	// uploaded, a compacted local log, another history): start a new
-	// generation from the local state.
-	r.log.Info("replica: histories differ, starting a new generation", "replica", r.rb.client.String(), "replica_version", rmd.Version, "local_version", lmd.Version)
+	return true, flush()
+}
+
+// shipSnapshot uploads a local snapshot and remembers it was shipped.
+func (r *Replicator) shipSnapshot(ctx context.Context, c *lnvault.Change) error {
+	if err := r.upload(ctx, []*lnvault.Change{c}); err != nil {
+		return err
+	}
+	md := r.rb.Metadata()
+	r.mu.Lock()
+	r.shipped = &shippedSnapshot{version: c.Version, md: md}
+	r.mu.Unlock()
+	return nil
+}
+
+// restartFromLocal starts a new generation with a snapshot of the local
+// backup's state (lmd).
+func (r *Replicator) restartFromLocal(ctx context.Context, lmd lnvault.Metadata) error {
 	var last, before uint32
 	var lastTx *lnvault.Change
 	var n int

@@ -21,7 +21,7 @@ type refWriter struct {
 }
 
 func (r *refWriter) writeTransaction(c *lnvault.Change) error {
-	r.raw, _ = JoinStatements(r.raw[:0], c.Statements)
+	r.raw, _ = lnvault.JoinStatements(r.raw[:0], c.Statements)
 	r.buf = append(r.buf[:0], 0, 0, 0, 0, 0, 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(r.buf[5:9], c.Version)
 	r.zw.Reset(appendBuf{&r.buf})

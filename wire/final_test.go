@@ -95,7 +95,7 @@ func TestMarkFinalBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range cs {
-		raw, _ := JoinStatements(nil, c.Statements)
+		raw, _ := lnvault.JoinStatements(nil, c.Statements)
 		inputs = append(inputs, raw)
 	}
 	inputs = append(inputs, testInputs()...)
@@ -112,7 +112,7 @@ func TestMarkFinalBlock(t *testing.T) {
 			}
 			pkt.Reset()
 			w.Reset(&pkt)
-			if err := w.WriteChange(lnvault.NewTransaction(1, SplitStatements(raw))); err != nil {
+			if err := w.WriteChange(lnvault.NewTransaction(1, lnvault.SplitStatements(raw))); err != nil {
 				t.Fatal(err)
 			}
 			got := payloadOf(t, pkt.Bytes())
@@ -176,14 +176,14 @@ func TestPythonInflatesOurStreams(t *testing.T) {
 		if i%3 != 0 {
 			continue
 		}
-		raw, _ := JoinStatements(nil, c.Statements)
+		raw, _ := lnvault.JoinStatements(nil, c.Statements)
 		w.WriteChange(lnvault.NewTransaction(c.Version, c.Statements))
 		raws.Write(binary.BigEndian.AppendUint32(nil, uint32(len(raw))))
 		raws.Write(raw)
 		n++
 	}
 	for _, raw := range testInputs() {
-		w.WriteChange(lnvault.NewTransaction(1, SplitStatements(raw)))
+		w.WriteChange(lnvault.NewTransaction(1, lnvault.SplitStatements(raw)))
 		raws.Write(binary.BigEndian.AppendUint32(nil, uint32(len(raw))))
 		raws.Write(raw)
 		n++
@@ -222,7 +222,7 @@ func FuzzFinalBlock(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		pkt.Reset()
 		w.Reset(&pkt)
-		if err := w.WriteChange(lnvault.NewTransaction(1, SplitStatements(raw))); err != nil {
+		if err := w.WriteChange(lnvault.NewTransaction(1, lnvault.SplitStatements(raw))); err != nil {
 			t.Fatal(err)
 		}
 		out, err := inflateExact(payloadOf(t, pkt.Bytes()))

@@ -62,7 +62,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/lnvault/lnvault"
 )
@@ -266,24 +265,9 @@ func (wr *Writer) WriteChange(c *lnvault.Change) error {
 	return fmt.Errorf("cannot send change version %d: unknown kind %v", c.Version, c.Kind)
 }
 
-// JoinStatements appends the transaction payload (statements joined by NUL,
-// no trailing NUL) to dst. A statement containing NUL cannot be represented.
-func JoinStatements(dst []byte, stmts []string) ([]byte, error) {
-	for i, s := range stmts {
-		if strings.IndexByte(s, 0) >= 0 {
-			return dst, fmt.Errorf("statement %d contains a NUL byte, which the format uses as separator", i)
-		}
-		if i > 0 {
-			dst = append(dst, 0)
-		}
-		dst = append(dst, s...)
-	}
-	return dst, nil
-}
-
 func (wr *Writer) writeTransaction(c *lnvault.Change) error {
 	var err error
-	wr.raw, err = JoinStatements(wr.raw[:0], c.Statements)
+	wr.raw, err = lnvault.JoinStatements(wr.raw[:0], c.Statements)
 	if err != nil {
 		return fmt.Errorf("change version %d: %w", c.Version, err)
 	}
@@ -654,29 +638,11 @@ func (rd *Reader) readTransaction(version uint32) (*lnvault.Change, error) {
 	if err := rd.finish(TypeChange, version); err != nil {
 		return nil, err
 	}
-	c := lnvault.NewTransaction(version, SplitStatements(rd.raw.Bytes()))
+	c := lnvault.NewTransaction(version, lnvault.SplitStatements(rd.raw.Bytes()))
 	if rd.raw.Cap() > 4<<20 {
 		rd.raw = bytes.Buffer{}
 	}
 	return c, nil
-}
-
-// SplitStatements splits a transaction payload at NUL bytes. An empty payload
-// is a transaction without statements.
-func SplitStatements(b []byte) []string {
-	if len(b) == 0 {
-		return nil
-	}
-	s := string(b) // one allocation; the statements are substrings of it
-	out := make([]string, 0, bytes.Count(b, []byte{0})+1)
-	for {
-		i := strings.IndexByte(s, 0)
-		if i < 0 {
-			return append(out, s)
-		}
-		out = append(out, s[:i])
-		s = s[i+1:]
-	}
 }
 
 func (rd *Reader) readSnapshot(version uint32) (*lnvault.Change, error) {
