@@ -374,6 +374,14 @@ func TestHostileClients(t *testing.T) {
 	}()
 
 	_, writerErr := appendInBackground(c, changes)
+	// The attacks come from non-writers: the honest client must hold the
+	// writer role first (its first stored change claims it). Without a
+	// writer, a change is admitted, as from a writer that reconnects.
+	for deadline := time.Now().Add(30 * time.Second); ts.b.Metadata().VersionCount == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the honest writer stored nothing within 30 s")
+		}
+	}
 
 	ver := []byte{0, 0, 0, 1}
 	// Changes from a connection that is not the writer are discarded
