@@ -197,6 +197,14 @@ type Deleter interface {
 	Delete(ctx context.Context) error
 }
 
+// Emptier is implemented by backends that can drop every change and stay
+// open for writing, empty at version 0. A backup server empties the backup
+// it serves when a client deletes it (`lnvault delete socket:...`): it goes
+// on serving, and `lnvault init` can start a new backup there.
+type Emptier interface {
+	Empty(ctx context.Context) error
+}
+
 // VersionAtTimer is implemented by backends that know when each change was
 // stored (object storage), for point-in-time restores (`--to-time`).
 type VersionAtTimer interface {

@@ -84,6 +84,44 @@ func Main(ctx context.Context, exts ...Extension) int {
 // Run runs the plugin until lightningd closes stdin (nil) or a fatal error.
 // Fatal errors are logged to lightningd before Run returns them.
 func Run(ctx context.Context, cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	p := clnplugin.New()
+	p.SetOutput(cfg.Stdout)
+	r := &run{cfg: cfg, p: p, log: p.Log()}
+
+	// backup.lock is read before getmanifest is answered: db_write comes
+	// before init, and every change must reach the right destination.
+	lock, err := ReadLock(cfg.Dir)
+	if err != nil {
+		return r.fail(err)
+	}
+	r.urls = lock.URLs()
+	if r.dests, err = openAll(ctx, r.urls, r.log); err != nil {
+		return r.fail(err)
+	}
+	defer r.closeDestinations()
+	r.v = NewVault(ctx, r.dests, r.log)
+	r.v.SetAutoCompact(Thresholds{Size: DefaultCompactSize, Changes: DefaultCompactChanges})
+	r.v.SetHeal(HealConfig{Disabled: !lock.HealEnabled(), DBPath: func() (string, error) { return NodeDBPath(cfg.Dir) }})
+	defer r.v.Wait()
+
+	r.declare()
+	p.OnInit(r.init)
+	for _, e := range cfg.Extensions {
+		e.Setup(p)
+	}
+	err = p.Run(ctx, cfg.Stdin, cfg.Stdout)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// withDefaults fills in the process's stdin, stdout and working directory.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Stdin == nil {
 		cfg.Stdin = os.Stdin
 	}
@@ -93,43 +131,42 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
-			return err
+			return cfg, err
 		}
 		cfg.Dir = wd
 	}
-	p := clnplugin.New()
-	p.SetOutput(cfg.Stdout)
-	log := p.Log()
-	fail := func(err error) error {
-		log.Error(err.Error())
-		return err
-	}
+	return cfg, nil
+}
 
-	// backup.lock is read before getmanifest is answered: db_write comes
-	// before init, and every change must reach the right destination.
-	lock, err := ReadLock(cfg.Dir)
-	if err != nil {
-		return fail(err)
-	}
-	urls := lock.URLs()
-	dests, err := openAll(ctx, urls, log)
-	if err != nil {
-		return fail(err)
-	}
-	defer func() {
-		for _, d := range dests {
-			if err := d.Backend.Close(); err != nil {
-				log.Warn("closing destination", "destination", d.URL, "err", err)
-			}
+// run is one plugin process: the destinations of backup.lock behind a
+// Vault, served to lightningd by p.
+type run struct {
+	cfg   Config
+	p     *clnplugin.Plugin
+	log   *slog.Logger
+	v     *Vault
+	urls  []string
+	dests []*Destination
+}
+
+// fail logs err to lightningd and returns it.
+func (r *run) fail(err error) error {
+	r.log.Error(err.Error())
+	return err
+}
+
+func (r *run) closeDestinations() {
+	for _, d := range r.dests {
+		if err := d.Backend.Close(); err != nil {
+			r.log.Warn("closing destination", "destination", d.URL, "err", err)
 		}
-	}()
-	v := NewVault(ctx, dests, log)
-	v.SetAutoCompact(Thresholds{Size: DefaultCompactSize, Changes: DefaultCompactChanges})
-	dir := cfg.Dir
-	v.SetHeal(HealConfig{Disabled: !lock.HealEnabled(), DBPath: func() (string, error) { return NodeDBPath(dir) }})
-	defer v.Wait()
-	exts := cfg.Extensions
+	}
+}
 
+// declare adds the plugin's options, subscriptions, db_write hook and
+// methods to the manifest.
+func (r *run) declare() {
+	p, v := r.p, r.v
 	p.AddOption(clnplugin.Option{Name: OptDestination, Type: "string",
 		Description: "Destination of the database backups (file:///filename/on/another/disk/); must match backup.lock"})
 	p.AddOption(clnplugin.Option{Name: OptCompactSize, Type: "int", Default: DefaultCompactSize,
@@ -140,7 +177,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// EnvShutdown=leave keeps the reference's behaviour (not subscribed, so
 	// killed first), for comparison.
 	if os.Getenv(EnvShutdown) != "leave" {
-		waiter := newShutdownWaiter(v, log, p.Stop)
+		waiter := newShutdownWaiter(v, r.log, p.Stop)
 		p.Subscribe("shutdown", func(ctx context.Context, _ json.RawMessage) { go waiter.wait(ctx) })
 	}
 
@@ -158,77 +195,91 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	p.AddMethod(clnplugin.Method{Name: "backup-compact", Usage: "",
 		Description: "Compact the backup: replace its old changes with a snapshot (runs alongside db_write)",
-		Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
-			rep, err := v.Compact(ctx)
-			if err != nil {
-				return nil, err
-			}
-			if len(dests) == 1 {
-				return rep.Stats[dests[0].URL], nil
-			}
-			return rep.Stats, nil
-		}})
+		Handler:     r.compact})
 	p.AddMethod(clnplugin.Method{Name: "backup-status", Usage: "",
 		Description: "Show the backup's versions, destinations, ack latency and size",
-		Handler: func(ctx context.Context, _ json.RawMessage) (any, error) {
-			st := v.Status(ctx)
-			if len(exts) > 0 {
-				st.Extensions = map[string]any{}
-				for _, e := range exts {
-					st.Extensions[e.Name()] = e.Status()
-				}
-			}
-			return st, nil
-		}})
-	p.OnInit(func(ctx context.Context, req *clnplugin.InitRequest) error {
-		if opt := req.String(OptDestination); opt != "" && opt != "null" && !slices.Contains(urls, opt) {
-			p.Fatal(fail(fmt.Errorf("the destination given as option %s (%s) does not match the one in %s (%s); please check your settings",
-				OptDestination, opt, filepath.Join(cfg.Dir, LockFile), strings.Join(urls, ", "))))
-			return nil
-		}
-		var t Thresholds
-		var err error
-		if t.Size, err = req.Int(OptCompactSize, DefaultCompactSize); err != nil {
-			p.Fatal(fail(err))
-			return nil
-		}
-		if t.Changes, err = req.Int(OptCompactChanges, DefaultCompactChanges); err != nil {
-			p.Fatal(fail(err))
-			return nil
-		}
-		if t.Size < 0 || t.Changes < 0 {
-			p.Fatal(fail(fmt.Errorf("options %s and %s must be >= 0 (0 disables)", OptCompactSize, OptCompactChanges)))
-			return nil
-		}
-		v.SetAutoCompact(t)
-		var rpc *clnrpc.Client
-		if req.Configuration.RPCFile != "" {
-			path := req.Configuration.RPCFile
-			if !filepath.IsAbs(path) {
-				path = filepath.Join(cfg.Dir, path)
-			}
-			rpc = clnrpc.New(path)
-		}
-		if rpc != nil {
-			checkWallet(ctx, rpc, log, p)
-		}
-		env := &InitEnv{Init: req, RPC: rpc, Log: log, Dir: cfg.Dir, Destinations: dests, Fatal: p.Fatal}
+		Handler:     r.status})
+}
+
+// compact is the backup-compact method.
+func (r *run) compact(ctx context.Context, _ json.RawMessage) (any, error) {
+	rep, err := r.v.Compact(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.dests) == 1 {
+		return rep.Stats[r.dests[0].URL], nil
+	}
+	return rep.Stats, nil
+}
+
+// status is the backup-status method.
+func (r *run) status(ctx context.Context, _ json.RawMessage) (any, error) {
+	st := r.v.Status(ctx)
+	if exts := r.cfg.Extensions; len(exts) > 0 {
+		st.Extensions = map[string]any{}
 		for _, e := range exts {
-			if err := e.OnInit(ctx, env); err != nil {
-				log.Error("extension failed to start", "extension", e.Name(), "err", err)
-			}
+			st.Extensions[e.Name()] = e.Status()
 		}
-		log.Info("lnvault backup plugin ready", "destinations", strings.Join(urls, ", "))
+	}
+	return st, nil
+}
+
+// init checks lightningd's options against backup.lock, takes the
+// compaction thresholds, checks the wallet and starts the extensions. A
+// mistake in the options stops the node (Fatal), as the reference does.
+func (r *run) init(ctx context.Context, req *clnplugin.InitRequest) error {
+	if opt := req.String(OptDestination); opt != "" && opt != "null" && !slices.Contains(r.urls, opt) {
+		r.p.Fatal(r.fail(fmt.Errorf("the destination given as option %s (%s) does not match the one in %s (%s); please check your settings",
+			OptDestination, opt, filepath.Join(r.cfg.Dir, LockFile), strings.Join(r.urls, ", "))))
 		return nil
-	})
-	for _, e := range exts {
-		e.Setup(p)
 	}
-	err = p.Run(ctx, cfg.Stdin, cfg.Stdout)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	t, err := thresholds(req)
+	if err != nil {
+		r.p.Fatal(r.fail(err))
+		return nil
 	}
+	r.v.SetAutoCompact(t)
+	rpc := r.rpcClient(req)
+	if rpc != nil {
+		checkWallet(ctx, rpc, r.log, r.p)
+	}
+	env := &InitEnv{Init: req, RPC: rpc, Log: r.log, Dir: r.cfg.Dir, Destinations: r.dests, Fatal: r.p.Fatal}
+	for _, e := range r.cfg.Extensions {
+		if err := e.OnInit(ctx, env); err != nil {
+			r.log.Error("extension failed to start", "extension", e.Name(), "err", err)
+		}
+	}
+	r.log.Info("lnvault backup plugin ready", "destinations", strings.Join(r.urls, ", "))
 	return nil
+}
+
+// thresholds reads the automatic compaction options.
+func thresholds(req *clnplugin.InitRequest) (Thresholds, error) {
+	var t Thresholds
+	var err error
+	if t.Size, err = req.Int(OptCompactSize, DefaultCompactSize); err != nil {
+		return t, err
+	}
+	if t.Changes, err = req.Int(OptCompactChanges, DefaultCompactChanges); err != nil {
+		return t, err
+	}
+	if t.Size < 0 || t.Changes < 0 {
+		return t, fmt.Errorf("options %s and %s must be >= 0 (0 disables)", OptCompactSize, OptCompactChanges)
+	}
+	return t, nil
+}
+
+// rpcClient is a client of lightningd's RPC socket, nil when init names none.
+func (r *run) rpcClient(req *clnplugin.InitRequest) *clnrpc.Client {
+	if req.Configuration.RPCFile == "" {
+		return nil
+	}
+	path := req.Configuration.RPCFile
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(r.cfg.Dir, path)
+	}
+	return clnrpc.New(path)
 }
 
 // dbWriteParams are the db_write hook's params.

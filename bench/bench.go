@@ -185,10 +185,6 @@ func RunRequests(ctx context.Context, o Options, reqs []corpus.Request, name str
 	if _, err := h.Stop(ctx); err != nil {
 		return res, err
 	}
-	if lnvault.Scheme(url) == "socket" {
-		// A server serves one backup: there is no scratch one to remove.
-		o.logf("the server at %s now holds the bench's changes: delete its backup on the server (stop it, lnvault delete its store URL) before lnvault init", url)
-	}
 	lats := h.Latencies()
 	res.Ack = harness.Summarize(lats)
 	res.ChangesPerSec = float64(len(lats)) / res.Elapsed.Seconds()
@@ -286,7 +282,9 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 	if err := b.Close(); err != nil {
 		return "", "", cleanup, err
 	}
-	if local == "" && lnvault.Scheme(url) != "socket" {
+	if local == "" {
+		// Object storage: the scratch backup; socket: the server's one
+		// backup, empty before the run (Create refuses one that is not).
 		cleanup = func() { deleteScratch(ctx, url) }
 	}
 	if local != "" {
@@ -302,7 +300,8 @@ func prepareDestination(ctx context.Context, target, tmp string) (url, local str
 	return url, local, cleanup, nil
 }
 
-// deleteScratch removes the bench's object-storage backup.
+// deleteScratch removes the bench's backup: the scratch one on object storage, or
+// the server's (socket:).
 func deleteScratch(ctx context.Context, url string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
@@ -314,7 +313,7 @@ func deleteScratch(ctx context.Context, url string) {
 		b.Close()
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "lnvault bench: could not delete its scratch backup %s: %v (lnvault delete %s removes it)\n", url, err, url)
+		fmt.Fprintf(os.Stderr, "lnvault bench: could not delete its scratch backup %s: %v\n", url, err)
 	}
 }
 

@@ -432,88 +432,16 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 	}
 	defer cancel(nil)
 
-	// Hook workers: one goroutine per hook, FIFO, so order is kept. Their
-	// context is not cancelled by end of input: a change being made durable
-	// is finished. Synchronous hooks have no worker: the reader runs them.
+	// Hook workers' context is not cancelled by end of input: a change
+	// being made durable is finished.
 	hookCtx, hookCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hookCancel()
-	var hookWG sync.WaitGroup
-	queues := map[string]chan hookReq{}
-	for name, h := range p.hooks {
-		if p.syncHooks[name] {
-			continue
-		}
-		q := make(chan hookReq, 1024)
-		queues[name] = q
-		hookWG.Add(1)
-		go func() {
-			defer hookWG.Done()
-			for req := range q {
-				p.runHook(ctx, hookCtx, name, h, req.id, req.params)
-			}
-		}()
-	}
-	notes := make(chan message, 1024)
-	var workWG sync.WaitGroup
-	workWG.Add(1)
-	go func() {
-		defer workWG.Done()
-		for n := range notes {
-			for _, fn := range p.subs[n.Method] {
-				fn(ctx, n.Params)
-			}
-		}
-	}()
-
-	// d serialises the reader's dispatch with the shutdown below: once
-	// stopped is set no message is dispatched any more (so the queues can be
-	// closed and the WaitGroups waited for), and a synchronous hook that is
-	// running is finished first.
-	var d struct {
-		sync.Mutex
-		stopped bool
-	}
+	var hookWG, workWG sync.WaitGroup
+	queues := p.startHookWorkers(ctx, hookCtx, &hookWG)
+	notes := p.startNotifier(ctx, &workWG)
+	var g gate
 	readErr := make(chan error, 1)
-	go func() {
-		fr := newFramer(r)
-		for {
-			obj, method, err := fr.next()
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				} else {
-					err = fmt.Errorf("reading lightningd's requests: %w", err)
-				}
-				readErr <- err
-				return
-			}
-			d.Lock()
-			if d.stopped || ctx.Err() != nil {
-				d.Unlock()
-				return
-			}
-			if th, ok := p.typedHooks[string(method)]; ok && method != nil && th.run(p, ctx, hookCtx, obj) {
-				p.runIdle(fr)
-				d.Unlock()
-				continue
-			}
-			var m message
-			if err := json.Unmarshal(obj, &m); err != nil {
-				d.Unlock()
-				readErr <- fmt.Errorf("reading lightningd's requests: %w", err)
-				return
-			}
-			err = p.dispatch(ctx, hookCtx, m, queues, notes, &workWG)
-			if err == nil && p.syncHooks[m.Method] && len(m.ID) != 0 && string(m.ID) != "null" {
-				p.runIdle(fr)
-			}
-			d.Unlock()
-			if err != nil {
-				readErr <- err
-				return
-			}
-		}
-	}()
+	go func() { readErr <- p.readLoop(ctx, hookCtx, r, &g, queues, notes, &workWG) }()
 
 	var runErr error
 	select {
@@ -524,9 +452,7 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 	if fatal {
 		hookCancel() // fatal: answer what is queued with an error, fast
 	}
-	d.Lock()
-	d.stopped = true
-	d.Unlock()
+	g.stop()
 	for _, q := range queues {
 		close(q)
 	}
@@ -541,6 +467,103 @@ func (p *Plugin) Run(ctx context.Context, r io.Reader, w io.Writer) error {
 		return nil
 	}
 	return runErr
+}
+
+// gate serialises the reader's dispatch with Run's shutdown: once stopped
+// no message is dispatched any more (so the queues can be closed and the
+// WaitGroups waited for), and a synchronous hook that is running is
+// finished first.
+type gate struct {
+	sync.Mutex
+	stopped bool
+}
+
+func (g *gate) stop() {
+	g.Lock()
+	g.stopped = true
+	g.Unlock()
+}
+
+// startHookWorkers starts one goroutine per asynchronous hook, FIFO, so
+// order is kept, and returns their queues. Synchronous hooks have no
+// worker: the reader runs them.
+func (p *Plugin) startHookWorkers(ctx, hookCtx context.Context, wg *sync.WaitGroup) map[string]chan hookReq {
+	queues := map[string]chan hookReq{}
+	for name, h := range p.hooks {
+		if p.syncHooks[name] {
+			continue
+		}
+		q := make(chan hookReq, 1024)
+		queues[name] = q
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for req := range q {
+				p.runHook(ctx, hookCtx, name, h, req.id, req.params)
+			}
+		}()
+	}
+	return queues
+}
+
+// startNotifier starts the goroutine that hands notifications to their
+// subscribers, in order, and returns its queue.
+func (p *Plugin) startNotifier(ctx context.Context, wg *sync.WaitGroup) chan message {
+	notes := make(chan message, 1024)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := range notes {
+			for _, fn := range p.subs[n.Method] {
+				fn(ctx, n.Params)
+			}
+		}
+	}()
+	return notes
+}
+
+// readLoop reads lightningd's messages from r and dispatches each until r
+// ends (nil), the gate is stopped, or reading or dispatching fails.
+func (p *Plugin) readLoop(ctx, hookCtx context.Context, r io.Reader, g *gate, queues map[string]chan hookReq, notes chan<- message, workWG *sync.WaitGroup) error {
+	fr := newFramer(r)
+	for {
+		obj, method, err := fr.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading lightningd's requests: %w", err)
+		}
+		g.Lock()
+		if g.stopped || ctx.Err() != nil {
+			g.Unlock()
+			return nil
+		}
+		err = p.dispatchRaw(ctx, hookCtx, fr, obj, method, queues, notes, workWG)
+		g.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// dispatchRaw dispatches one message: a typed hook (db_write) is decoded by
+// its own decoder and run in place; anything else is decoded as JSON-RPC.
+// After a synchronous hook's answer the idle functions run.
+func (p *Plugin) dispatchRaw(ctx, hookCtx context.Context, fr *framer, obj, method []byte, queues map[string]chan hookReq, notes chan<- message, workWG *sync.WaitGroup) error {
+	if th, ok := p.typedHooks[string(method)]; ok && method != nil && th.run(p, ctx, hookCtx, obj) {
+		p.runIdle(fr)
+		return nil
+	}
+	var m message
+	if err := json.Unmarshal(obj, &m); err != nil {
+		return fmt.Errorf("reading lightningd's requests: %w", err)
+	}
+	err := p.dispatch(ctx, hookCtx, m, queues, notes, workWG)
+	if err == nil && p.syncHooks[m.Method] && len(m.ID) != 0 && string(m.ID) != "null" {
+		p.runIdle(fr)
+	}
+	return err
 }
 
 // dispatch handles one message from lightningd on the reader goroutine. It

@@ -24,6 +24,20 @@ func dataStart(format uint32) uint64 {
 	return v2DataStart
 }
 
+// lockWriter takes b.mu for a change to the file, unless the backend cannot
+// write or ctx is done; the caller unlocks.
+func (b *Backend) lockWriter(ctx context.Context) error {
+	b.mu.Lock()
+	err := b.writable()
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		b.mu.Unlock()
+	}
+	return err
+}
+
 func (b *Backend) writable() error {
 	switch {
 	case b.readOnly:
@@ -59,14 +73,10 @@ func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
 	if c == nil {
 		return errors.New("append: nil change")
 	}
-	b.mu.Lock()
+	if err := b.lockWriter(ctx); err != nil {
+		return err
+	}
 	defer b.mu.Unlock()
-	if err := b.writable(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	h := b.hdr
 	if h.endOffset != dataStart(h.format) { // an empty backup takes any first version
 		if err := lnvault.CheckNext(h.meta(), c.Version, c.Kind); err != nil {
@@ -305,14 +315,10 @@ func writeSnapshot(f *os.File, format uint32, off uint64, version uint32, sr *io
 // header pointing past the end of the file; then the file is cut so no stale
 // byte of the rewound change stays behind.
 func (b *Backend) Rewind(ctx context.Context) error {
-	b.mu.Lock()
+	if err := b.lockWriter(ctx); err != nil {
+		return err
+	}
 	defer b.mu.Unlock()
-	if err := b.writable(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	h := b.hdr
 	if h.lastRecordOffset == 0 {
 		return fmt.Errorf("%w: backup %s is at version %d after a rewind (or empty); rewinding again would drop a committed change",

@@ -21,35 +21,91 @@ import (
 // the lock, and the new file replaces the old by rename. A crash at any point
 // leaves the old file or the new one.
 func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
-	var stats lnvault.CompactStats
+	c, err := b.beginCompaction()
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer c.end()
+	if c.f, err = os.Open(b.path); err != nil {
+		return c.stats, fmt.Errorf("compaction: %w", err)
+	}
+	defer c.f.Close()
+	fold, err := c.findHead(ctx)
+	if err != nil || !fold {
+		return c.stats, err
+	}
+	b.hook("start")
+	// 1. The database at the record before the head.
+	dbPath, version, err := c.buildSnapshot(ctx)
+	if dbPath != "" {
+		defer os.Remove(dbPath)
+	}
+	if err != nil {
+		return c.stats, err
+	}
+	b.hook("snapshot-built")
+	// 2. The new file: snapshot record, then the head verbatim.
+	defer c.dropTemp()
+	if err := c.writeNewFile(dbPath, version); err != nil {
+		return c.stats, err
+	}
+	b.hook("file-written")
+	// 3. The swap, under the lock.
+	err = c.swap()
+	return c.stats, err
+}
+
+// compaction is one run of Compact.
+type compaction struct {
+	b        *Backend
+	h0       header // the head when it started
+	rewinds0 uint64
+	f        *os.File // the old file, read
+	records  int64    // in the old file up to h0
+	head     rec      // the head record, kept verbatim
+	dir      string
+	base     string
+	tmp      *os.File // the new file
+	newHead  int64    // where the head goes in it
+	swapped  bool
+	stats    lnvault.CompactStats
+}
+
+// beginCompaction marks a compaction running and notes the head it starts
+// from; end clears the mark.
+func (b *Backend) beginCompaction() (*compaction, error) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.writable(); err != nil {
-		b.mu.Unlock()
-		return stats, err
+		return nil, err
 	}
 	if b.compacting {
-		b.mu.Unlock()
-		return stats, fmt.Errorf("backup %s: a compaction is already running", b.path)
+		return nil, fmt.Errorf("backup %s: a compaction is already running", b.path)
 	}
 	b.compacting = true
-	h0, rewinds0 := b.hdr, b.rewinds
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		b.compacting = false
-		b.mu.Unlock()
-	}()
+	return &compaction{b: b, h0: b.hdr, rewinds0: b.rewinds, dir: filepath.Dir(b.path), base: filepath.Base(b.path)}, nil
+}
 
-	f, err := os.Open(b.path)
-	if err != nil {
-		return stats, fmt.Errorf("compaction: %w", err)
-	}
-	defer f.Close()
-	// Find the head and what precedes it. Records before h0's end do not
-	// change unless a rewind happens, which the swap detects.
-	scan := &walker{f: f, h: h0, size: int64(h0.endOffset), limit: int64(h0.endOffset), headersOnly: true}
+func (c *compaction) end() {
+	c.b.mu.Lock()
+	c.b.compacting = false
+	c.b.mu.Unlock()
+}
+
+// rewound tells whether a rewind (or Empty) happened since the start.
+func (c *compaction) rewound() bool {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	return c.b.rewinds != c.rewinds0
+}
+
+// findHead finds the head and what precedes it; fold is false when there is
+// nothing to fold (at most a snapshot before the head). Records before h0's
+// end do not change unless a rewind happens, which the swap detects.
+func (c *compaction) findHead(ctx context.Context) (fold bool, err error) {
+	h0 := c.h0
+	scan := &walker{f: c.f, h: h0, size: int64(h0.endOffset), limit: int64(h0.endOffset), headersOnly: true}
 	var before rec
-	var nPrefix int64
 	scan.fn = func(r rec, _ *lnvault.Change) error {
 		if scan.n > 0 {
 			before = scan.last
@@ -57,101 +113,105 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		return nil
 	}
 	if err := scan.run(ctx); err != nil {
-		return stats, fmt.Errorf("compaction: %w", err)
+		return false, fmt.Errorf("compaction: %w", err)
 	}
+	var nPrefix int64
 	if scan.n > 0 {
 		nPrefix = scan.n - 1
 	}
-	records := scan.n
-	stats.Before = lnvault.SizeStats{BackupSize: int64(h0.endOffset), VersionCount: uint64(records)}
-	stats.After = stats.Before
-	if nPrefix == 0 || (nPrefix == 1 && before.kind == lnvault.KindSnapshot) {
-		return stats, nil // nothing to fold
-	}
-	head := scan.last
-	dir, base := filepath.Dir(b.path), filepath.Base(b.path)
-	b.hook("start")
+	c.records = scan.n
+	c.stats.Before = lnvault.SizeStats{BackupSize: int64(h0.endOffset), VersionCount: uint64(c.records)}
+	c.stats.After = c.stats.Before
+	c.head = scan.last
+	return nPrefix > 1 || nPrefix == 1 && before.kind != lnvault.KindSnapshot, nil
+}
 
-	// 1. The database at the record before the head.
-	dbPath, err := tempName(dir, "."+base+".compact-*.sqlite")
+// buildSnapshot applies every record before the head to a new database
+// beside the backup and returns its path ("" if none was made) and the
+// version it is at.
+func (c *compaction) buildSnapshot(ctx context.Context) (string, uint32, error) {
+	dbPath, err := tempName(c.dir, "."+c.base+".compact-*.sqlite")
 	if err != nil {
-		return stats, err
+		return "", 0, err
 	}
-	defer os.Remove(dbPath)
 	ap, err := dbapply.Create(ctx, dbPath)
 	if err != nil {
-		return stats, fmt.Errorf("compaction: %w", err)
+		return dbPath, 0, fmt.Errorf("compaction: %w", err)
 	}
-	apply := &walker{f: f, h: h0, size: int64(h0.endOffset), limit: head.off, tmpDir: dir,
-		fn: func(_ rec, c *lnvault.Change) error { return ap.Apply(ctx, c) }}
+	apply := &walker{f: c.f, h: c.h0, size: int64(c.h0.endOffset), limit: c.head.off, tmpDir: c.dir,
+		fn: func(_ rec, ch *lnvault.Change) error { return ap.Apply(ctx, ch) }}
 	if err := apply.run(ctx); err != nil {
 		ap.Close(ctx)
-		return stats, fmt.Errorf("compaction: %w", err)
+		return dbPath, 0, fmt.Errorf("compaction: %w", err)
 	}
 	if err := ap.Finish(ctx); err != nil {
-		return stats, fmt.Errorf("compaction: the rebuilt database fails its checks: %w", err)
+		return dbPath, 0, fmt.Errorf("compaction: the rebuilt database fails its checks: %w", err)
 	}
-	b.hook("snapshot-built")
+	return dbPath, apply.last.version, nil
+}
 
-	// 2. The new file: snapshot record, then the head verbatim.
-	tmp, err := os.CreateTemp(dir, "."+base+".compact-*")
+// writeNewFile writes the new file's records, the snapshot at version then
+// the head as it is, and fsyncs them before the lock is taken. The old file
+// is closed at the end: no handle of ours may stay open on it over the swap.
+func (c *compaction) writeNewFile(dbPath string, version uint32) error {
+	tmp, err := os.CreateTemp(c.dir, "."+c.base+".compact-*")
 	if err != nil {
-		return stats, fmt.Errorf("compaction: %w", err)
+		return fmt.Errorf("compaction: %w", err)
 	}
-	swapped := false
-	defer func() {
-		if !swapped {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	start := dataStart(h0.format)
+	c.tmp = tmp
+	start := dataStart(c.h0.format)
 	db, err := os.Open(dbPath)
 	if err != nil {
-		return stats, err
+		return err
 	}
 	st, err := db.Stat()
 	if err != nil {
 		db.Close()
-		return stats, err
+		return err
 	}
-	n, err := writeSnapshot(tmp, h0.format, start, apply.last.version, io.NewSectionReader(db, 0, st.Size()))
+	n, err := writeSnapshot(tmp, c.h0.format, start, version, io.NewSectionReader(db, 0, st.Size()))
 	db.Close()
 	if err != nil {
-		return stats, fmt.Errorf("compaction: %w", err)
+		return fmt.Errorf("compaction: %w", err)
 	}
-	newHead := int64(start) + n
-	if err := copyRange(tmp, newHead, f, head.off, int64(h0.endOffset)-head.off); err != nil {
-		b.mu.Lock()
-		rewound := b.rewinds != rewinds0
-		b.mu.Unlock()
-		if rewound {
-			return stats, b.errRewound()
+	c.newHead = int64(start) + n
+	if err := copyRange(tmp, c.newHead, c.f, c.head.off, int64(c.h0.endOffset)-c.head.off); err != nil {
+		if c.rewound() {
+			return c.b.errRewound()
 		}
-		return stats, err
+		return err
 	}
-	// No handle of ours may stay open on the old file over the swap (see
-	// below).
-	f.Close()
-	if err := tmp.Sync(); err != nil { // the bulk, before taking the lock
-		return stats, fmt.Errorf("compaction: fsync: %w", err)
+	c.f.Close()
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("compaction: fsync: %w", err)
 	}
-	b.hook("file-written")
+	return nil
+}
 
-	// 3. The swap, under the lock: append what came meanwhile, header,
-	// fsync, rename, directory fsync.
+// dropTemp removes the new file unless it became the backup.
+func (c *compaction) dropTemp() {
+	if c.tmp != nil && !c.swapped {
+		c.tmp.Close()
+		os.Remove(c.tmp.Name())
+	}
+}
+
+// swap, under the lock: append what came meanwhile, write the headers,
+// fsync, rename over the backup, fsync the directory.
+func (c *compaction) swap() error {
+	b, h0 := c.b, c.h0
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.writable(); err != nil {
-		return stats, err
+		return err
 	}
-	if b.rewinds != rewinds0 {
-		return stats, b.errRewound()
+	if b.rewinds != c.rewinds0 {
+		return b.errRewound()
 	}
 	h1 := b.hdr
-	shift := newHead - head.off
-	if err := copyRange(tmp, int64(h0.endOffset)+shift, b.f, int64(h0.endOffset), int64(h1.endOffset-h0.endOffset)); err != nil {
-		return stats, err
+	shift := c.newHead - c.head.off
+	if err := copyRange(c.tmp, int64(h0.endOffset)+shift, b.f, int64(h0.endOffset), int64(h1.endOffset-h0.endOffset)); err != nil {
+		return err
 	}
 	appended := int64(h1.versionCount - h0.versionCount)
 	nh := h1
@@ -160,26 +220,52 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		nh.lastRecordOffset = uint64(int64(h1.lastRecordOffset) + shift)
 	}
 	nh.recordCount = uint64(2 + appended)
+	nh, slot, err := c.writeHeaders(nh)
+	if err != nil {
+		return err
+	}
+	b.hook("before-rename")
+	if err := c.rename(nh, slot); err != nil {
+		return err
+	}
+	c.stats.Before = lnvault.SizeStats{BackupSize: int64(h1.endOffset), VersionCount: uint64(c.records + appended)}
+	c.stats.After = lnvault.SizeStats{BackupSize: int64(nh.endOffset), VersionCount: uint64(2 + appended)}
+	b.log.Info("backup compacted", "path", b.path, "before_bytes", c.stats.Before.BackupSize, "after_bytes", c.stats.After.BackupSize,
+		"records_before", c.stats.Before.VersionCount, "records_after", c.stats.After.VersionCount)
+	return nil
+}
+
+// writeHeaders writes nh into the new file (format 2: both slots, with
+// sequence numbers after the old file's) and fsyncs it; it returns the
+// newest header as written and its slot.
+func (c *compaction) writeHeaders(nh header) (header, int, error) {
+	b, seq := c.b, nh.seq
 	slot := 0
 	if nh.format == 1 {
 		nh.encode(b.hbuf[:])
-		if _, err := tmp.WriteAt(b.hbuf[:], 0); err != nil {
-			return stats, fmt.Errorf("compaction: %w", err)
+		if _, err := c.tmp.WriteAt(b.hbuf[:], 0); err != nil {
+			return nh, 0, fmt.Errorf("compaction: %w", err)
 		}
 	} else {
 		for i := 0; i < 2; i++ {
-			nh.seq = h1.seq + 1 + uint64(i)
+			nh.seq = seq + 1 + uint64(i)
 			nh.encode(b.hbuf[:])
-			if _, err := tmp.WriteAt(b.hbuf[:], int64(i*headerSize)); err != nil {
-				return stats, fmt.Errorf("compaction: %w", err)
+			if _, err := c.tmp.WriteAt(b.hbuf[:], int64(i*headerSize)); err != nil {
+				return nh, 0, fmt.Errorf("compaction: %w", err)
 			}
 		}
 		slot = 1
 	}
-	if err := tmp.Sync(); err != nil {
-		return stats, fmt.Errorf("compaction: fsync: %w", err)
+	if err := c.tmp.Sync(); err != nil {
+		return nh, 0, fmt.Errorf("compaction: fsync: %w", err)
 	}
-	b.hook("before-rename")
+	return nh, slot, nil
+}
+
+// rename puts the new file in the backup's place and makes it the writer's
+// file, with header nh in slot.
+func (c *compaction) rename(nh header, slot int) error {
+	b := c.b
 	// The old file is closed first: a FUSE filesystem (sshfs, rclone, ...)
 	// replaces a file that is still open in two renames of its own (the
 	// target to .fuse_hidden*, then the source over it), and a power cut
@@ -188,30 +274,26 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 		b.log.Warn("compaction: closing the old file before the swap", "path", b.path, "err", err)
 	}
 	// Not durable.Replace: the temp file stays open as the backup's handle.
-	if err := os.Rename(tmp.Name(), b.path); err != nil {
+	if err := os.Rename(c.tmp.Name(), b.path); err != nil {
 		if f, oerr := os.OpenFile(b.path, os.O_RDWR, 0); oerr == nil {
 			b.f = f
 		} else {
 			b.broken = fmt.Errorf("compaction: the swap failed (%v) and the backup could not be opened again: %w", err, oerr)
 		}
-		return stats, fmt.Errorf("compaction: %w", err)
+		return fmt.Errorf("compaction: %w", err)
 	}
-	swapped = true
-	b.f = tmp
+	c.swapped = true
+	b.f = c.tmp
 	b.setHdr(nh, slot)
 	b.fsize = int64(nh.endOffset)
 	b.truncFirst = false
-	if err := durable.SyncDir(dir); err != nil {
+	if err := durable.SyncDir(c.dir); err != nil {
 		// The rename may not survive a crash: appends to the new file could
 		// vanish with it. Stop writing.
 		b.broken = err
-		return stats, fmt.Errorf("compaction: %w", err)
+		return fmt.Errorf("compaction: %w", err)
 	}
-	stats.Before = lnvault.SizeStats{BackupSize: int64(h1.endOffset), VersionCount: uint64(records + appended)}
-	stats.After = lnvault.SizeStats{BackupSize: int64(nh.endOffset), VersionCount: uint64(2 + appended)}
-	b.log.Info("backup compacted", "path", b.path, "before_bytes", stats.Before.BackupSize, "after_bytes", stats.After.BackupSize,
-		"records_before", stats.Before.VersionCount, "records_after", stats.After.VersionCount)
-	return stats, nil
+	return nil
 }
 
 func (b *Backend) errRewound() error {

@@ -15,7 +15,7 @@ func TestConformance(t *testing.T) {
 		t.Run(fmt.Sprintf("format%d", format), func(t *testing.T) {
 			backendtest.Run(t, func(t *testing.T) backendtest.Subject {
 				url, _ := tempURL(t, "backup.dbak")
-				return backendtest.Subject{Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
+				return backendtest.Subject{Empties: true, Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
 					o.Format = format
 					o.Logger = quietLog()
 					return Open(ctx, url, o)

@@ -100,6 +100,7 @@ type Backend struct {
 var (
 	_ lnvault.Backend = (*Backend)(nil)
 	_ lnvault.Idler   = (*Backend)(nil)
+	_ lnvault.Emptier = (*Backend)(nil)
 )
 
 // Open opens (or with opts.Create creates) the backup file named by a
@@ -255,35 +256,65 @@ func (b *Backend) Delete(ctx context.Context) error {
 	return nil
 }
 
+// Empty replaces the backup file by an empty backup of the same format
+// (temp file, fsync, rename, directory fsync) and stays open for writing at
+// version 0. A compaction running meanwhile is abandoned at its swap.
+func (b *Backend) Empty(ctx context.Context) error {
+	if err := b.lockWriter(ctx); err != nil {
+		return err
+	}
+	defer b.mu.Unlock()
+	dir := filepath.Dir(b.path)
+	tmp, err := durable.WriteTemp(dir, durable.TempPattern(b.path), 0o600, func(f *os.File) error {
+		_, err := f.Write(emptyImage(int(b.hdr.format)))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("emptying %s: %w", b.path, err)
+	}
+	// Closed before the swap, as for a compaction (FUSE filesystems
+	// replace an open file in two renames).
+	b.f.Close()
+	b.f = nil
+	b.rewinds++ // a compaction in progress must not swap the old log back in
+	if err := durable.Replace(tmp, b.path); err != nil {
+		if oerr := b.openWriter(); oerr != nil {
+			b.broken = fmt.Errorf("emptying %s failed (%v) and the backup could not be opened again: %w", b.path, err, oerr)
+		}
+		return fmt.Errorf("emptying %s: %w", b.path, err)
+	}
+	b.truncFirst = false
+	if err := b.openWriter(); err != nil {
+		b.broken = err
+		return fmt.Errorf("emptying %s: opening the empty backup: %w", b.path, err)
+	}
+	b.log.Info("backup emptied", "path", b.path)
+	return nil
+}
+
+// emptyImage is a backup file with no change. Format 2 has both header slots
+// valid from the start: a single damaged slot then always leaves a
+// recognisable format-2 header next to it.
+func emptyImage(format int) []byte {
+	var buf [v2DataStart]byte
+	h := header{format: uint32(format), endOffset: v1DataStart}
+	if format != 2 {
+		h.encode(buf[:])
+		return buf[:headerSize]
+	}
+	h.endOffset = v2DataStart
+	h.lastChange = time.Now().UnixNano()
+	h.encode(buf[headerSize:])
+	h.seq = 1
+	h.encode(buf[:])
+	return buf[:]
+}
+
 // create writes a new backup file with an empty header: temp file, fsync,
 // link into place (link, unlike rename, never replaces an existing file),
 // directory fsync.
 func create(path string, format int) error {
-	dir := filepath.Dir(path)
-	var buf [v2DataStart]byte
-	h := header{format: uint32(format), endOffset: v1DataStart}
-	n := headerSize
-	if format == 2 {
-		h.endOffset = v2DataStart
-		h.lastChange = time.Now().UnixNano()
-		// Both slots valid from the start: a single damaged slot then always
-		// leaves a recognisable format-2 header next to it.
-		h.encode(buf[headerSize:])
-		h.seq = 1
-		h.encode(buf[:])
-		n = v2DataStart
-	} else {
-		h.encode(buf[:])
-	}
-	tmp, err := durable.WriteTemp(dir, "."+filepath.Base(path)+".init-*", 0o600, func(f *os.File) error {
-		_, err := f.Write(buf[:n])
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("writing new backup in %s: %w", dir, err)
-	}
-	if err := durable.Create(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := durable.CreateFile(path, emptyImage(format), 0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %s", lnvault.ErrExists, path)
 		}
@@ -704,7 +735,7 @@ func lastRecordErr(f *os.File, size int64, h header) error {
 // removeStaleTemps deletes temp files a crashed Compact or Create left in the
 // backup's directory. Only the lock holder calls it.
 func (b *Backend) removeStaleTemps() {
-	for _, pat := range []string{".compact-*", ".init-*"} {
+	for _, pat := range []string{".compact-*", ".init-*", ".tmp-*"} {
 		m, _ := filepath.Glob(filepath.Join(filepath.Dir(b.path), "."+filepath.Base(b.path)+pat))
 		for _, p := range m {
 			b.log.Info("backup: removing a temp file left by an interrupted operation", "file", p)

@@ -56,6 +56,7 @@ type Backend struct {
 var (
 	_ lnvault.Backend        = (*Backend)(nil)
 	_ lnvault.VersionAtTimer = (*Backend)(nil)
+	_ lnvault.Emptier        = (*Backend)(nil)
 )
 
 // OpenBackend opens (or with o.Create, creates) the backup stored by client.
@@ -1128,27 +1129,17 @@ func (b *Backend) restartFrom(ctx context.Context, path string, last, before uin
 // then it releases the lease, closes and removes the lease. The static channel backups (scb/)
 // and objects lnvault did not write stay.
 func (b *Backend) Delete(ctx context.Context) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if err := b.writable(ctx); err != nil {
+	n, unlock, err := b.emptyLocking(ctx)
+	if err != nil {
 		return err
 	}
-	gens, err := b.client.Generations(ctx)
-	if err != nil {
-		return fmt.Errorf("listing %s: %w", b.client, err)
-	}
-	for _, g := range gens {
-		if err := b.client.DeleteGeneration(ctx, g); err != nil {
-			return fmt.Errorf("deleting generation %s of %s: %w", g, b.client, err)
-		}
-	}
+	defer unlock()
 	// The marker goes last: an interrupted delete still reads as a backup
 	// (with fewer changes) and can be deleted again.
 	if err := b.client.DeleteMarker(ctx); err != nil {
 		return fmt.Errorf("deleting %s: %w", b.client, err)
 	}
-	b.log.Info("replica deleted", "replica", b.client.String(), "generations", len(gens))
-	b.gen, b.md = "", lnvault.Metadata{}
+	b.log.Info("replica deleted", "replica", b.client.String(), "generations", n)
 	if err := b.closeLocked(); err != nil {
 		return err
 	}
@@ -1162,6 +1153,57 @@ func (b *Backend) Delete(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Empty deletes every generation and stays open for writing, empty at
+// version 0; the creation marker and the lease stay. A compaction in progress
+// is waited for.
+func (b *Backend) Empty(ctx context.Context) error {
+	n, unlock, err := b.emptyLocking(ctx)
+	if err != nil {
+		return err
+	}
+	unlock()
+	b.log.Info("replica emptied", "replica", b.client.String(), "generations", n)
+	return nil
+}
+
+// emptyLocking takes the compaction lock (a compaction would write into a
+// deleted generation) and the write lock, if the backend may write, and
+// deletes every generation; it returns how many there were and, on
+// success, how to release the locks.
+func (b *Backend) emptyLocking(ctx context.Context) (n int, unlock func(), err error) {
+	b.compactMu.Lock()
+	b.mu.Lock()
+	unlock = func() {
+		b.mu.Unlock()
+		b.compactMu.Unlock()
+	}
+	if err := b.writable(ctx); err != nil {
+		unlock()
+		return 0, nil, err
+	}
+	if n, err = b.deleteGenerations(ctx); err != nil {
+		b.unsure = true // the next write reads again what is left
+		unlock()
+		return 0, nil, err
+	}
+	b.gen, b.md, b.head, b.headSeg, b.rewound, b.unsure = "", lnvault.Metadata{}, nil, nil, false, false
+	return n, unlock, nil
+}
+
+// deleteGenerations deletes every generation and returns how many there were.
+func (b *Backend) deleteGenerations(ctx context.Context) (int, error) {
+	gens, err := b.client.Generations(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("listing %s: %w", b.client, err)
+	}
+	for _, g := range gens {
+		if err := b.client.DeleteGeneration(ctx, g); err != nil {
+			return 0, fmt.Errorf("deleting generation %s of %s: %w", g, b.client, err)
+		}
+	}
+	return len(gens), nil
 }
 
 // emptyRemover is a store whose root is a directory (dir:), removed once

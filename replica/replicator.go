@@ -62,6 +62,9 @@ type Replicator struct {
 	opts  ReplicatorOptions
 	log   *slog.Logger
 
+	// stepMu is held by each round of uploads (step) and by Empty, so an
+	// upload never lands in a replica being emptied.
+	stepMu       sync.Mutex
 	mu           sync.Mutex
 	queue        []*lnvault.Change
 	queueBytes   int64
@@ -182,7 +185,9 @@ func (r *Replicator) loop() {
 // step does one round of work: resync if needed, else upload the queue, then
 // a requested compaction.
 func (r *Replicator) step(ctx context.Context) error {
+	r.stepMu.Lock()
 	err := r.stepInner(ctx)
+	r.stepMu.Unlock()
 	r.mu.Lock()
 	r.lastErr = err
 	if err != nil {
@@ -560,6 +565,35 @@ func (w replicated) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	w.r.mu.Unlock()
 	w.r.poke()
 	return st, nil
+}
+
+// Empty empties the replica, then the local backend (which must be an
+// lnvault.Emptier), with uploads held meanwhile. In that order a failure
+// leaves the backup whole locally, and the resync ships it again.
+func (w replicated) Empty(ctx context.Context) error {
+	r := w.r
+	le, ok := r.local.(lnvault.Emptier)
+	if !ok {
+		return fmt.Errorf("the local backend (%T) cannot be emptied", r.local)
+	}
+	r.stepMu.Lock()
+	defer r.stepMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.appends++
+	r.queue, r.queueBytes, r.shipped, r.compactReq = nil, 0, nil, false
+	if err := r.rb.Empty(ctx); err != nil {
+		r.needResync = true
+		r.poke()
+		return fmt.Errorf("emptying replica %s (the backup is kept, and shipped to it again): %w", r.rb.client, err)
+	}
+	if err := le.Empty(ctx); err != nil {
+		r.needResync = true
+		r.poke()
+		return err
+	}
+	r.needResync, r.pendingSince = false, time.Time{}
+	return nil
 }
 
 // Idle passes the hint on to the local backend.

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/s3test"
 	"github.com/lnvault/lnvault/replica"
+	"github.com/lnvault/lnvault/replica/dir"
 	"github.com/lnvault/lnvault/restore"
 	"github.com/lnvault/lnvault/server"
 )
@@ -309,5 +311,85 @@ func TestReplicatorsOfChain(t *testing.T) {
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// failDeletes is a store whose deletes fail while fail is set.
+type failDeletes struct {
+	replica.ObjectStore
+	fail atomic.Bool
+}
+
+func (s *failDeletes) Delete(ctx context.Context, keys ...string) error {
+	if s.fail.Load() {
+		return errors.New("injected: delete refused")
+	}
+	return s.ObjectStore.Delete(ctx, keys...)
+}
+
+// Emptying a replicated backend (a server's delete) empties the replica
+// first: when that fails nothing local is lost and the backup is shipped
+// whole again; when it works both are empty, and what is appended after is
+// replicated as a new backup.
+func TestReplicatedEmpty(t *testing.T) {
+	ctx := context.Background()
+	tmp := t.TempDir()
+	local, err := lnvault.Open(ctx, "file://"+filepath.Join(tmp, "node.dbak"), lnvault.OpenOptions{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := dir.New(filepath.Join(tmp, "replica"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &failDeletes{ObjectStore: ds}
+	rb, err := replica.OpenBackend(ctx, replica.NewClient(st), lnvault.OpenOptions{Create: true}, replica.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := replica.NewReplicator(local, rb, replica.ReplicatorOptions{FlushInterval: 20 * time.Millisecond})
+	w := r.Backend()
+	defer w.Close()
+	reqs := corpus.MustLoad()[:30]
+	for _, q := range reqs[:20] {
+		if err := w.Append(ctx, q.Change()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(t, r)
+	before := w.Metadata()
+
+	st.fail.Store(true)
+	err = w.(lnvault.Emptier).Empty(ctx)
+	if err == nil || !strings.Contains(err.Error(), "the backup is kept, and shipped to it again") {
+		t.Fatalf("empty with a failing replica: %v", err)
+	}
+	if m := local.Metadata(); m != before {
+		t.Fatalf("the local backup changed to %+v although the replica could not be emptied", m)
+	}
+	st.fail.Store(false)
+	flush(t, r)
+	if s := r.Status(); s.ReplicaVersion != before.Version || s.ReplicaCount == 0 {
+		t.Fatalf("after the failed empty the replica is %+v, want it shipped again to %+v", s, before)
+	}
+
+	if err := w.(lnvault.Emptier).Empty(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m := w.Metadata(); m != (lnvault.Metadata{}) {
+		t.Fatalf("local after empty: %+v", m)
+	}
+	gens, err := rb.Client().Generations(ctx)
+	if err != nil || len(gens) != 0 || rb.Metadata() != (lnvault.Metadata{}) {
+		t.Fatalf("replica after empty: %+v, generations %v (%v)", rb.Metadata(), gens, err)
+	}
+	for _, q := range reqs[:10] {
+		if err := w.Append(ctx, q.Change()); err != nil {
+			t.Fatalf("appending after empty: %v", err)
+		}
+	}
+	flush(t, r)
+	if s := r.Status(); s.ReplicaVersion != reqs[9].DataVersion || s.ReplicaCount != 10 {
+		t.Fatalf("after empty and 10 appends the replica is %+v", s)
 	}
 }

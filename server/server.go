@@ -533,6 +533,8 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 		go c.compact(log)
 	case wire.TypeHello, wire.TypeSCBPut, wire.TypeSCBList, wire.TypeSCBGet:
 		return c.handleExt(p, log)
+	case wire.TypeDelete:
+		return c.delete(p.Version, log)
 	case wire.TypeAck, wire.TypeNack, wire.TypeMetadata, wire.TypeCompactRes, wire.TypeDone:
 		// Clients may acknowledge restored changes; nothing to do.
 	default:
@@ -567,6 +569,53 @@ func (c *conn) compact(log *slog.Logger) {
 	if err := c.send(func(w *wire.Writer) error { return w.WriteCompactResult(st) }); err != nil {
 		c.nc.Close()
 	}
+}
+
+// delete empties the backup on a client's request (`lnvault delete
+// socket:...`), if c may write, no compaction runs and the head is still
+// version head, the one the user agreed to delete; it answers the empty
+// backup's METADATA, or EXT_ERROR saying why nothing was deleted.
+func (c *conn) delete(head uint32, log *slog.Logger) error {
+	s := c.s
+	refuse := func(reason, msg string) error {
+		s.m.refusals.WithLabelValues(reason).Inc()
+		log.Warn("delete refused", "reason", reason, "detail", msg)
+		return c.send(func(w *wire.Writer) error { return w.WriteExtError("not deleted: " + msg) })
+	}
+	e, ok := s.b.(lnvault.Emptier)
+	if !ok {
+		return refuse("delete_unsupported", "this server's store cannot be emptied; stop the server and delete its store on its host")
+	}
+	if !s.mayWriteSoon(c) || !s.claimWriter(c) {
+		return refuse("second_writer", "another connection is the writer of this backup (lightningd's plugin): stop that node first")
+	}
+	s.mu.Lock()
+	busy := s.compacting
+	s.compacting = true // no compaction starts meanwhile
+	s.mu.Unlock()
+	if busy {
+		return refuse("compacting", "a compaction is running; try again when it is done")
+	}
+	defer func() {
+		s.mu.Lock()
+		s.compacting = false
+		s.mu.Unlock()
+	}()
+	s.appendMu.Lock()
+	m := s.b.Metadata()
+	if m.Version != head {
+		s.appendMu.Unlock()
+		return refuse("version", fmt.Sprintf("the backup is at version %d now, not %d as shown before; look again and repeat", m.Version, head))
+	}
+	err := e.Empty(s.ctx)
+	s.last = nil
+	s.appendMu.Unlock()
+	if err != nil {
+		log.Error("delete failed", "err", err)
+		return refuse("delete_failed", err.Error())
+	}
+	log.Warn("backup deleted on a client's request; serving it empty", "remote", c.remote, "version_was", m.Version, "changes_were", m.VersionCount)
+	return c.send(func(w *wire.Writer) error { return w.WriteMetadata(s.b.Metadata()) })
 }
 
 // restore streams the backup: CHANGE/SNAPSHOT packets, then DONE. A failure
@@ -608,6 +657,9 @@ func (c *conn) handleExt(p wire.Packet, log *slog.Logger) error {
 		features := []string{wire.FeatureCompact, wire.FeatureTakeover}
 		if st != nil {
 			features = append(features, wire.FeatureSCB)
+		}
+		if _, ok := s.b.(lnvault.Emptier); ok {
+			features = append(features, wire.FeatureDelete)
 		}
 		c.compactAside = slices.Contains(p.Features, wire.FeatureCompact)
 		c.token = wire.WriterToken(p.Features)

@@ -75,7 +75,10 @@ type Backend struct {
 	closed bool
 }
 
-var _ lnvault.Backend = (*Backend)(nil)
+var (
+	_ lnvault.Backend = (*Backend)(nil)
+	_ lnvault.Deleter = (*Backend)(nil)
+)
 
 // Open connects to the server of rawURL and asks for its metadata. With
 // opts.Create, a server whose backup already holds changes is ErrExists.
@@ -458,35 +461,11 @@ func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata,
 	delay := b.cfg.RetryDelay
 	var lastErr error
 	for attempt := 0; ; attempt++ {
-		err := func() error {
-			if b.closed {
-				return errors.New("socket backend is closed")
-			}
-			if b.conn == nil {
-				m, err := b.connectLocked(ctx)
-				if err != nil {
-					return err
-				}
-				switch {
-				case attempt > 0 && stored(m):
-					b.log.Info("after reconnecting, the server already holds "+what.String(), "version", m.Version, "version_count", m.VersionCount)
-					return errAlreadyStored
-				case m != base:
-					b.dropLocked()
-					return fmt.Errorf("backup server %s is at version %d (previous %d, %d changes) but this client expected version %d (%d changes): another writer may have used it; refusing to send %s",
-						b.cfg.Addr(), m.Version, m.PrevVersion, m.VersionCount, base.Version, base.VersionCount, what)
-				}
-			}
-			return do()
-		}()
+		err := b.attempt(ctx, attempt, what, base, stored, do)
 		if err == nil || err == errAlreadyStored {
 			return nil
 		}
-		var ne *netError
-		if !errors.As(err, &ne) && (!retryable(err) || ctx.Err() != nil) {
-			if _, ok := err.(*protocolError); ok {
-				b.dropLocked()
-			}
+		if !b.reconnectable(ctx, err) {
 			return err
 		}
 		b.dropLocked()
@@ -503,6 +482,46 @@ func (b *Backend) withRetry(ctx context.Context, what op, base lnvault.Metadata,
 		}
 		delay = time.Duration(float64(delay) * retryBackoff)
 	}
+}
+
+// attempt sends the request once, connecting first if there is no
+// connection. A new connection must find the server at base, or, on a retry,
+// already holding the request (errAlreadyStored: the ACK was lost, not the
+// change).
+func (b *Backend) attempt(ctx context.Context, attempt int, what op, base lnvault.Metadata, stored func(lnvault.Metadata) bool, do func() error) error {
+	if b.closed {
+		return errors.New("socket backend is closed")
+	}
+	if b.conn == nil {
+		m, err := b.connectLocked(ctx)
+		if err != nil {
+			return err
+		}
+		switch {
+		case attempt > 0 && stored(m):
+			b.log.Info("after reconnecting, the server already holds "+what.String(), "version", m.Version, "version_count", m.VersionCount)
+			return errAlreadyStored
+		case m != base:
+			b.dropLocked()
+			return fmt.Errorf("backup server %s is at version %d (previous %d, %d changes) but this client expected version %d (%d changes): another writer may have used it; refusing to send %s",
+				b.cfg.Addr(), m.Version, m.PrevVersion, m.VersionCount, base.Version, base.VersionCount, what)
+		}
+	}
+	return do()
+}
+
+// reconnectable tells whether err is worth another connection: a network
+// failure, or a retryable refusal while ctx is live. A protocol error
+// (the stream is out of step) drops the connection and is final.
+func (b *Backend) reconnectable(ctx context.Context, err error) bool {
+	var ne *netError
+	if errors.As(err, &ne) || retryable(err) && ctx.Err() == nil {
+		return true
+	}
+	if _, ok := err.(*protocolError); ok {
+		b.dropLocked()
+	}
+	return false
 }
 
 var errAlreadyStored = errors.New("already stored")
@@ -807,6 +826,38 @@ func (b *Backend) streamOn(ctx context.Context, conn net.Conn, first time.Durati
 			return &protocolError{fmt.Sprintf("backup server %s sent %v during a restore", b.cfg.Addr(), p.Type)}
 		}
 	}
+}
+
+// Delete asks the server to delete the backup it serves (the "delete"
+// extension, on a connection of its own): the server empties it, if no other
+// connection is the writer and its head is still the one this backend opened
+// at, and goes on serving it empty at version 0. Delete closes b.
+func (b *Backend) Delete(ctx context.Context) error {
+	if b.opts.ReadOnly {
+		return errors.New("socket backend opened read-only: cannot delete")
+	}
+	defer b.Close()
+	head := b.Metadata().Version
+	c, err := dialExt(ctx, b.cfg, wire.FeatureDelete, 0, min(asideHelloTimeout, b.cfg.Timeout), true)
+	var ne *noExtError
+	if errors.As(err, &ne) {
+		return fmt.Errorf("%w: backup server %s cannot delete its backup (a reference server, or an older lnvault server: %v); stop it and delete the store it serves on its host", ErrRefused, b.cfg.Addr(), ne)
+	}
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	p, err := c.request(ctx, "DELETE", func(w *wire.Writer) error { return w.WriteVersion(wire.TypeDelete, head) })
+	if err != nil {
+		return err
+	}
+	if p.Type != wire.TypeMetadata {
+		return &protocolError{fmt.Sprintf("backup server %s answered DELETE with %v", b.cfg.Addr(), p.Type)}
+	}
+	if p.Meta != (lnvault.Metadata{}) {
+		return fmt.Errorf("backup server %s answered DELETE with a backup at version %d (%d changes), not an empty one", b.cfg.Addr(), p.Meta.Version, p.Meta.VersionCount)
+	}
+	return nil
 }
 
 // Close closes the connection.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ const (
 	TypeSCBGet      Type = 0x25 // client: a version id, a kind (its latest version), or empty (the latest)
 	TypeSCBData     Type = 0x26 // server: one static channel backup envelope
 	TypeExtError    Type = 0x27 // server: why an extension request failed (UTF-8)
+	TypeDelete      Type = 0x28 // client: u32, the head version the user agreed to delete
 )
 
 // FeatureSCB is the feature a server offers when it keeps static channel
@@ -38,6 +40,10 @@ const FeatureCompact = "compact"
 // naming the same writer token as the writer's connection (see
 // WriterTokenPrefix).
 const FeatureTakeover = "takeover"
+
+// FeatureDelete: the server deletes the backup it serves on request
+// (DELETE, see the package documentation) and goes on serving it empty.
+const FeatureDelete = "delete"
 
 // WriterTokenPrefix starts the HELLO feature that names a writer: the
 // prefix and 16 lowercase hex digits.
@@ -78,6 +84,7 @@ func init() {
 	for t, n := range map[Type]string{
 		TypeHello: "HELLO", TypeFeatures: "FEATURES", TypeSCBPut: "SCB_PUT", TypeSCBList: "SCB_LIST",
 		TypeSCBVersions: "SCB_VERSIONS", TypeSCBGet: "SCB_GET", TypeSCBData: "SCB_DATA", TypeExtError: "EXT_ERROR",
+		TypeDelete: "DELETE",
 	} {
 		extNames[t-extFirst] = n
 	}
@@ -85,7 +92,7 @@ func init() {
 
 const (
 	extFirst = TypeHello
-	extLast  = TypeExtError
+	extLast  = TypeDelete
 )
 
 var extNames [extLast - extFirst + 1]string
@@ -243,6 +250,11 @@ func (rd *Reader) readExt(p *Packet) error {
 		max = maxSelector
 	case TypeExtError:
 		max = MaxExtError
+	case TypeDelete:
+		if n != 4 {
+			return malformed("DELETE payload must be 4 bytes, got %d", n)
+		}
+		max = 4
 	default:
 		return malformed("unknown packet type 0x%02x (length %d)", uint8(p.Type), n)
 	}
@@ -274,6 +286,8 @@ func (rd *Reader) readExt(p *Packet) error {
 		}
 	case TypeSCBPut, TypeSCBData:
 		p.Data = b
+	case TypeDelete:
+		p.Version, p.HasVersion = binary.BigEndian.Uint32(b), true
 	case TypeSCBGet:
 		if !validSelector(string(b)) {
 			return malformed("SCB_GET: invalid version %q", b)

@@ -62,6 +62,7 @@ func TestExtRoundTrip(t *testing.T) {
 		w.WriteSCBGet("cln-scb"),
 		w.WriteSCB(TypeSCBData, nil),
 		w.WriteExtError("line one\nline two \xff"),
+		w.WriteVersion(TypeDelete, 70000),
 	}
 	for i, err := range steps {
 		if err != nil {
@@ -103,13 +104,16 @@ func TestExtRoundTrip(t *testing.T) {
 	if p := next(TypeExtError); p.Text != "line one line two ?" {
 		t.Fatalf("%q", p.Text)
 	}
+	if p := next(TypeDelete); p.Version != 70000 || !p.HasVersion {
+		t.Fatalf("DELETE carried %d (%v)", p.Version, p.HasVersion)
+	}
 	if _, err := r.Next(); err != io.EOF {
 		t.Fatal(err)
 	}
 	if s := TypeSCBVersions.String(); s != "SCB_VERSIONS" {
 		t.Fatal(s)
 	}
-	if s := Type(0x28).String(); s != "type(0x28)" {
+	if s := Type(0x29).String(); s != "type(0x29)" {
 		t.Fatal(s)
 	}
 }
@@ -132,7 +136,9 @@ func TestExtBadInput(t *testing.T) {
 		{"versions trailing", packet(TypeSCBVersions, []byte(`[]]`)), Limits{}, ErrMalformed, "not a JSON list"},
 		{"versions bad time", packet(TypeSCBVersions, []byte(`[{"stored":"yesterday"}]`)), Limits{}, ErrMalformed, "not a JSON list"},
 		{"truncated scb_data", packet(TypeSCBData, make([]byte, 100))[:50], Limits{}, io.ErrUnexpectedEOF, "SCB_DATA"},
-		{"unknown ext", packet(0x28, nil), Limits{}, ErrMalformed, "unknown packet type 0x28"},
+		{"delete short", packet(TypeDelete, []byte{0, 0, 1}), Limits{}, ErrMalformed, "DELETE payload must be 4 bytes"},
+		{"delete long", packet(TypeDelete, make([]byte, 8)), Limits{}, ErrMalformed, "DELETE payload must be 4 bytes"},
+		{"unknown ext", packet(0x29, nil), Limits{}, ErrMalformed, "unknown packet type 0x29"},
 	}
 	checkBadInput(t, tests)
 }

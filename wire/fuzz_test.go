@@ -68,7 +68,7 @@ func checkReencode(t *testing.T, p Packet, lim Limits) {
 			t.Fatalf("snapshot of %d bytes passed the limit", len(snap))
 		}
 		err = w.WriteChange(lnvault.NewSnapshot(p.Version, io.NewSectionReader(bytes.NewReader(snap), 0, int64(len(snap)))))
-	case TypeRewind, TypeAck:
+	case TypeRewind, TypeAck, TypeDelete:
 		err = w.WriteVersion(p.Type, p.Version)
 	case TypeNack:
 		if p.HasVersion {

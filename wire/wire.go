@@ -12,7 +12,7 @@
 // # lnvault's extension: static channel backups
 //
 // lnvault peers also exchange static channel backups (SCBs) on the same port,
-// in packet types 0x20-0x27 that the protocol document does not define. The
+// in packet types 0x20-0x28 that the protocol document does not define. The
 // design keeps a reference client and a reference server working unchanged:
 //
 //   - Nothing in the base protocol changes. METADATA always says protocol 1
@@ -49,6 +49,12 @@
 //     takes the writer role over at once instead of being refused as a
 //     second writer until TCP keepalive gives up on the old connection;
 //     a different writer is refused as before.
+//   - "delete": DELETE (0x28, a u32: the head version the user was shown and
+//     agreed to delete) on a connection that asked for it deletes every
+//     change of the backup; the server goes on serving it, empty at version
+//     0, and answers METADATA. It is refused with EXT_ERROR while another
+//     connection is the writer (lightningd's plugin), while a compaction
+//     runs, or when the head is no longer that version.
 package wire
 
 import (
@@ -348,7 +354,8 @@ func (wr *Writer) writeSnapshot(c *lnvault.Change) error {
 	return nil
 }
 
-// WriteVersion sends a packet whose payload is a u32 version: REWIND, ACK, NACK.
+// WriteVersion sends a packet whose payload is a u32 version: REWIND, ACK,
+// NACK, DELETE.
 func (wr *Writer) WriteVersion(t Type, version uint32) error {
 	wr.buf = append(wr.buf[:0], byte(t), 0, 0, 0, 4, 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(wr.buf[5:9], version)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -93,6 +94,43 @@ func TestCLIDeleteS3(t *testing.T) {
 	}
 }
 
-func TestCLIDeleteSocketSaysWhere(t *testing.T) {
-	assertOneLineError(t, runCLI(t, "delete", "socket:127.0.0.1:1", "--yes"), "on the server's host")
+// delete socket: asks lnvault server to delete the backup it serves and its
+// --replicate replica: refused while the node's plugin is the writer, then
+// done; the server goes on serving it empty and a new init starts there.
+func TestCLIDeleteSocket(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	rep := "dir://" + filepath.Join(dir, "replica")
+	srv := startServer(t, "file://"+filepath.Join(dir, "node.dbak"), "127.0.0.1:0", "--create", "--replicate", rep, "--replicate-interval", "100ms")
+	url := "socket:" + srv.Addr
+	initWithData(t, url)
+	head := waitReplica(t, rep, 10, srv) // initWithData: the corpus up to version 10
+
+	w, err := lnvault.Open(ctx, url, lnvault.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := lnvault.NewTransaction(head.Version+1, []string{"UPDATE vars SET intval=intval+1 WHERE name='data_version'"})
+	if err := w.Append(ctx, next); err != nil { // now it is the writer, as lightningd's plugin is
+		t.Fatal(err)
+	}
+	assertOneLineError(t, runCLI(t, "delete", url, "--yes"), "not deleted", "another connection is the writer")
+	w.Close()
+	if md := waitReplica(t, rep, head.Version+1, srv); md.VersionCount == 0 {
+		t.Fatalf("replica %+v", md)
+	}
+
+	r := mustRun(t, "delete", url, "--yes")
+	if !strings.Contains(r.stdout, "deleted "+url) || !strings.Contains(r.stdout, "serving it empty") {
+		t.Errorf("stdout %q", r.stdout)
+	}
+	if r := mustRun(t, "status", url); !regexp.MustCompile(`(?m)^version:\s+0$`).MatchString(r.stdout) || !regexp.MustCompile(`(?m)^version count:\s+0$`).MatchString(r.stdout) {
+		t.Errorf("status after delete: %s", r.stdout)
+	}
+	if md, gens := replicaHead(t, rep); md != (lnvault.Metadata{}) || len(gens) != 0 {
+		t.Fatalf("the replica still holds %+v in generations %v", md, gens)
+	}
+	initWithData(t, url)
+	waitReplica(t, rep, 10, srv)
+	srv.stop()
 }

@@ -391,3 +391,15 @@ func copyFile(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// Reading a dir: backup that does not exist says how to create one and
+// leaves no directory behind.
+func TestCLIMissingDirCreatesNothing(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "nothing", "here")
+	for _, args := range [][]string{{"status", "dir://" + root}, {"verify", "dir://" + root}} {
+		assertOneLineError(t, runCLI(t, args...), "lnvault init")
+	}
+	if _, err := os.Stat(filepath.Dir(root)); !os.IsNotExist(err) {
+		t.Fatalf("reading a missing dir: backup created %s: %v", filepath.Dir(root), err)
+	}
+}

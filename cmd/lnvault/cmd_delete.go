@@ -21,9 +21,11 @@ so it refuses while lightningd's plugin or an lnvault server holds it; it
 shows what it is about to remove and asks for "yes" on standard input unless
 --yes is given. Static channel backups kept beside the backup stay.
 
-A backup server's backup is deleted where the server keeps it: stop
-lnvault server, then lnvault delete its store's URL on that host.`,
-		Example: "  lnvault delete file:///var/backups/node.dbak\n  lnvault delete s3://bucket/node --yes",
+For a socket: URL, lnvault server deletes the backup it serves (and its
+--replicate replicas) and goes on serving it empty, so that lnvault init can
+start a new one there; it refuses while lightningd's plugin is connected.
+A reference server cannot: delete its file on its host.`,
+		Example: "  lnvault delete file:///var/backups/node.dbak\n  lnvault delete s3://bucket/node --yes\n  lnvault delete socket:backup-host:9735",
 		Args:    cobra.ExactArgs(1),
 		RunE:    runDelete,
 	}
@@ -35,9 +37,6 @@ func runDelete(cmd *cobra.Command, args []string) error {
 	ctx := cmd.Context()
 	url := args[0]
 	yes, _ := cmd.Flags().GetBool("yes")
-	if lnvault.Scheme(url) == "socket" {
-		return fmt.Errorf("%s is a backup server: delete its backup on the server's host (stop lnvault server, then lnvault delete the store URL it serves)", url)
-	}
 	b, err := lnvault.Open(ctx, url, lnvault.OpenOptions{})
 	switch {
 	case errors.Is(err, lnvault.ErrLocked):
@@ -69,6 +68,10 @@ func runDelete(cmd *cobra.Command, args []string) error {
 	}
 	if err := d.Delete(ctx); err != nil {
 		return fmt.Errorf("deleting %s: %w", url, err)
+	}
+	if lnvault.Scheme(url) == "socket" {
+		fmt.Fprintf(cmd.OutOrStdout(), "deleted %s; the server goes on serving it empty (static channel backups it keeps stay)\n", what)
+		return nil
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "deleted %s (static channel backups kept beside it, if any, stay)\n", what)
 	return nil

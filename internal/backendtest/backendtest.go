@@ -31,6 +31,8 @@ type Subject struct {
 	Open func(ctx context.Context, opts lnvault.OpenOptions) (lnvault.Backend, error)
 	// Deviations the suite expects of this backend instead of the contract.
 	Deviations Deviations
+	// Empties: the backend is an lnvault.Emptier (asserted either way).
+	Empties bool
 }
 
 // Deviations are known departures from the contract. Each one set is
@@ -91,6 +93,7 @@ func Run(t *testing.T, newSubject func(t *testing.T) Subject) {
 		{"SnapshotJumpsAhead", checkSnapshot},
 		{"CompactThenStream", checkCompact},
 		{"ReaderBesideWriter", checkReader},
+		{"EmptyStartsAgain", checkEmpty},
 	}
 	for _, c := range checks {
 		t.Run(c.name, func(t *testing.T) {
@@ -468,6 +471,38 @@ func checkCompact(t *testing.T, s Subject, cs []*lnvault.Change) {
 	want2, _ := direct(t, cs[:N+2])
 	if h, v := materialise(t, b); h != want2 || v != cs[N+1].Version {
 		t.Fatalf("after compaction, appends and reopen: database at %d hashes %s, want %d %s", v, h, cs[N+1].Version, want2)
+	}
+}
+
+// checkEmpty: an Emptier's Empty leaves a backup at version 0 with nothing
+// to stream, still open for writing; it takes any first version, as a new
+// backup does, and what follows survives a reopen.
+func checkEmpty(t *testing.T, s Subject, cs []*lnvault.Change) {
+	ctx := context.Background()
+	b := created(t, s, cs[:N])
+	e, ok := b.(lnvault.Emptier)
+	if ok != s.Empties {
+		t.Fatalf("the backend is an Emptier: %v; the subject says %v", ok, s.Empties)
+	}
+	if !ok {
+		return // asserted above: it does not claim to empty
+	}
+	if err := e.Empty(ctx); err != nil {
+		t.Fatalf("empty: %v", err)
+	}
+	if m := b.Metadata(); m != (lnvault.Metadata{}) {
+		t.Fatalf("after Empty the metadata is %+v, want zero", m)
+	}
+	if got := stream(t, b, 0); len(got) != 0 {
+		t.Fatalf("after Empty a stream gives %v", got)
+	}
+	appendAll(t, b, cs[:N/2])
+	closeB(t, b)
+	b = open(t, s, lnvault.OpenOptions{})
+	defer b.Close()
+	wantStream(t, "after Empty, appends and a reopen", stream(t, b, 0), keys(cs[:N/2]))
+	if m := b.Metadata(); m.Version != cs[N/2-1].Version || m.VersionCount != uint64(N/2) {
+		t.Fatalf("after Empty, appends and a reopen the metadata is %+v, want version %d with %d changes", m, cs[N/2-1].Version, N/2)
 	}
 }
 

@@ -31,13 +31,14 @@ type Store struct {
 	mu   sync.Mutex // serialises PutIf within the process; flock across processes
 }
 
-// New returns a store rooted at root, creating the directory.
+// New returns a store rooted at root. The directory is created by the first
+// write, so that reading a store that does not exist leaves nothing behind.
 func New(root string) (*Store, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("replica directory %q must be an absolute path", root)
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("cannot create replica directory: %w", err)
+	if fi, err := os.Stat(root); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("replica directory %s is a file: give a directory's path", root)
 	}
 	return &Store{Root: filepath.Clean(root)}, nil
 }
@@ -108,6 +109,9 @@ func (s *Store) place(ctx context.Context, key string, fill func(*os.File) error
 		return err
 	}
 	d := filepath.Dir(p)
+	if err := durable.MkdirAll("/", s.Root); err != nil {
+		return fmt.Errorf("cannot create replica directory: %w", err)
+	}
 	if err := durable.MkdirAll(s.Root, d); err != nil {
 		return err
 	}
@@ -308,6 +312,9 @@ func (s *Store) Close() error { return nil }
 // its lock file): after a backup there is deleted, nothing is left behind.
 func (s *Store) RemoveIfEmpty() error {
 	ents, err := os.ReadDir(s.Root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ func TestConformance(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			backendtest.Run(t, func(t *testing.T) backendtest.Subject {
 				u := newURL(t)
-				return backendtest.Subject{Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
+				return backendtest.Subject{Empties: true, Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
 					return lnvault.Open(ctx, u, o)
 				}}
 			})
