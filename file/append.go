@@ -165,29 +165,17 @@ func (b *Backend) commitHeader(nh header) (int, error) {
 	return slot, fdatasync(b.f)
 }
 
-// Idle resets the transaction compressor now, while the writer waits for
-// the next change. zstd's dictionary encoder restores the hash-table shards
-// the last record dirtied (up to 256 KiB copied) at the start of the next
-// encode; a one-byte encode here pays for that off the ack path and dirties
-// nothing, so the next record starts from a clean, cache-warm table.
+// Idle prepares the next append while the writer waits for it: it keeps
+// zero-filled room ahead of the records (reserveAhead).
 func (b *Backend) Idle() {
 	if !b.mu.TryLock() {
 		return // an append, rewind or compaction swap is running
 	}
 	defer b.mu.Unlock()
-	if b.enc == nil || b.closed || b.f == nil || b.hdr.format != 2 {
+	if b.closed || b.f == nil || b.broken != nil || b.hdr.format != 2 {
 		return
 	}
-	b.idleBuf = b.enc.EncodeAll(idleByte[:], b.idleBuf[:0])
-}
-
-var idleByte = [1]byte{'\n'}
-
-func (b *Backend) encoder() *zstd.Encoder {
-	if b.enc == nil {
-		b.enc = encoders.Get()
-	}
-	return b.enc
+	b.reserveAhead()
 }
 
 // writeTx writes a transaction record at off and returns its length. The
@@ -197,13 +185,9 @@ func (b *Backend) writeTx(format uint32, off uint64, c *lnvault.Change) (int64, 
 	if format == 1 {
 		hl = v1RecHdr
 	}
-	// Join straight into the record buffer after the header's room; for
-	// format 2 that is also the raw fallback, so no statement is copied twice.
+	// Join straight into the record buffer after the header's room.
 	if cap(b.buf) < hl {
 		b.buf = make([]byte, 0, 4096)
-	}
-	if cap(b.raw) < hl {
-		b.raw = make([]byte, 0, 4096)
 	}
 	buf, err := lnvault.JoinStatements(b.buf[:hl], c.Statements)
 	if err != nil {
@@ -221,25 +205,16 @@ func (b *Backend) writeTx(format uint32, off uint64, c *lnvault.Change) (int64, 
 		be.PutUint32(buf[4:], c.Version)
 		buf[8] = byte(lnvault.KindTransaction)
 	} else {
+		// Stored raw: compressing costs the ack ~0.05 ms of CPU (zstd's
+		// fastest level with the dictionary, measured during payments on
+		// a real node: 0.12 ms from request to write against 0.07 ms raw),
+		// for bytes a compaction folds into a compressed snapshot anyway.
 		r := recHdr{storedLen: uint32(rawLen), version: c.Version, typ: byte(lnvault.KindTransaction), codec: codecRaw, rawLen: uint32(rawLen)}
-		if rawLen >= minCompress {
-			out := b.encoder().EncodeAll(buf[hl:], b.raw[:hl])
-			if len(out)-hl < rawLen {
-				b.buf, b.raw = out, buf // swap buffers: both keep their capacity
-				buf = out
-				r.codec, r.storedLen = codecDict, uint32(len(out)-hl)
-			} else {
-				b.raw = out
-			}
-		}
 		r.put(buf)
 		r.crc = recordCRC(crcio.Checksum(buf[hl:]), buf)
 		r.put(buf)
 	}
 	b.buf = buf[:0]
-	if format == 2 {
-		b.reserve(int64(off) + int64(len(buf)))
-	}
 	if _, err := b.f.WriteAt(buf, int64(off)); err != nil {
 		return 0, fmt.Errorf("writing record: %w", err)
 	}

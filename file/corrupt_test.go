@@ -211,10 +211,12 @@ func TestUnexplainedHeaderDamage(t *testing.T) {
 			url, path := tempURL(t, "b.dbak")
 			b := mustOpen(t, url, lnvault.OpenOptions{Create: true})
 			appendAll(t, b, reqs[:10])
+			b.Idle() // room past the records, as a writer between appends keeps
 			stop(b)
 			before, _ := os.ReadFile(path)
 			b = mustOpen(t, url, lnvault.OpenOptions{})
 			appendAll(t, b, reqs[10:])
+			b.Idle()
 			stop(b)
 			data, _ := os.ReadFile(path)
 			if name == "crashed" && len(data) <= int(b.hdr.endOffset) {

@@ -1,13 +1,13 @@
 package file
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"regexp"
-	"sort"
 	"testing"
 
+	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
 )
 
@@ -22,47 +22,27 @@ func TestDictPinned(t *testing.T) {
 	}
 }
 
-// TestGenerateDict rebuilds cln-sql-v1.dict (LNVAULT_GEN_DICT=1): Core
-// Lightning's statement templates, literals blanked (numbers to 0, blobs to
-// x”), so the dictionary holds SQL shapes and no node's data. The most
-// frequent templates go last, closest to the data.
-func TestGenerateDict(t *testing.T) {
-	if os.Getenv("LNVAULT_GEN_DICT") != "1" {
-		t.Skip("set LNVAULT_GEN_DICT=1 to regenerate the dictionary (only with a new codec number)")
-	}
-	hexLit := regexp.MustCompile(`x'[0-9a-fA-F]*'`)
-	num := regexp.MustCompile(`\b\d+\b`)
-	freq := map[string]int{}
-	for _, r := range corpus.MustLoad() {
-		for _, w := range r.Writes {
-			s := num.ReplaceAllString(hexLit.ReplaceAllString(w, "x''"), "0")
-			if len(s) > 2000 {
-				continue
-			}
-			freq[s]++
-		}
-	}
-	tpls := make([]string, 0, len(freq))
-	for s := range freq {
-		tpls = append(tpls, s)
-	}
-	sort.Slice(tpls, func(i, j int) bool {
-		if freq[tpls[i]] != freq[tpls[j]] {
-			return freq[tpls[i]] < freq[tpls[j]]
-		}
-		return tpls[i] < tpls[j]
-	})
-	var d []byte
-	for _, s := range tpls {
-		d = append(d, s...)
-		d = append(d, 0)
-	}
-	if len(d) > dictSize {
-		d = d[len(d)-dictSize:]
-	}
-	if err := os.WriteFile("cln-sql-v1.dict", d, 0o644); err != nil {
+// Backups whose transactions lnvault stored with the dictionary (codec 2, as
+// earlier releases wrote them; testdata/v2-dict.dbak holds the first 300
+// corpus changes) read back exactly, and a writer appends to them (raw).
+func TestReadsDictRecords(t *testing.T) {
+	reqs := corpus.MustLoad()[:310]
+	data, err := os.ReadFile("testdata/v2-dict.dbak")
+	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(d)
-	t.Logf("wrote %d bytes, %d templates, sha256 %s", len(d), len(tpls), hex.EncodeToString(sum[:]))
+	url, path := tempURL(t, "old.dbak")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(data, []byte("INSERT INTO")); n > 10 {
+		t.Fatalf("the vector holds %d plain INSERT INTO: its records are not compressed", n)
+	}
+	r := mustOpen(t, url, lnvault.OpenOptions{ReadOnly: true})
+	checkSame(t, streamAll(t, r, 0), reqs[:300])
+	r.Close()
+	w := mustOpen(t, url, lnvault.OpenOptions{})
+	appendAll(t, w, reqs[300:])
+	w.Close()
+	checkSame(t, streamAll(t, mustOpen(t, url, lnvault.OpenOptions{ReadOnly: true}), 0), reqs)
 }

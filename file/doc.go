@@ -40,9 +40,11 @@
 // end_offset (an append whose header did not land) are ignored by readers and
 // truncated by the next writer. A new file has both slots written.
 //
-// A format-2 writer allocates the file ahead of its records (fallocate, 1 MiB
-// at a time), so an append overwrites space inside the file instead of
-// growing it and its fdatasync has no file size to commit. That room past
+// A format-2 writer keeps zero-filled room ahead of its records (written and
+// fdatasynced while it waits for the next change, 256 KiB at a time, up to
+// 1 MiB ahead), so an append overwrites written blocks inside the file instead
+// of growing it, and its fdatasync has no size or extent change for the
+// journal to commit. That room past
 // end_offset reads as zeros: the next writer takes it as it is (only non-zero
 // bytes there are an interrupted append), Close gives it back, and Status
 // reports end_offset as the backup's size.
@@ -52,11 +54,13 @@
 //
 // crc is CRC-32C of the stored payload followed by the record header's first
 // 16 bytes (payload first, so a snapshot can be compressed in one streaming
-// pass and its header filled in afterwards). Codecs: 0 raw; 1 zstd (snapshots,
-// streamed); 2 zstd with the built-in dictionary cln-sql-v1.dict (transactions,
-// ID 1: Core Lightning's statement templates with literals blanked; its bytes
-// are pinned by a test and never change). A payload is stored compressed only
-// when that makes it smaller.
+// pass and its header filled in afterwards). Codecs: 0 raw (transactions);
+// 1 zstd (snapshots, streamed; stored compressed only when that makes them
+// smaller); 2 zstd with the built-in dictionary cln-sql-v1.dict (ID 1: Core
+// Lightning's statement templates with literals blanked; its bytes are pinned
+// by a test and never change), which earlier releases used for transactions
+// and which is still read. Transactions are stored raw because compressing
+// them on the ack path cost more of a payment's latency than their bytes do.
 //
 // Readers check every record's CRC, version continuity (a transaction's
 // version equals the previous one or the next; a snapshot may start

@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/durable"
 	"golang.org/x/sys/unix"
@@ -87,9 +86,7 @@ type Backend struct {
 	broken      error  // set after a failed write: the on-disk state is unknown
 	rewinds     uint64 // counts rewinds, so Compact can tell one happened meanwhile
 	compacting  bool
-	enc         *zstd.Encoder
-	raw, buf    []byte
-	idleBuf     []byte // Idle's output, discarded
+	buf         []byte // the record being built, reused
 	hbuf        [headerSize]byte
 	metaMu      sync.RWMutex
 	metaHdr     header
@@ -247,10 +244,6 @@ func (b *Backend) Delete(ctx context.Context) error {
 	if b.f != nil {
 		b.f.Close()
 		b.f = nil
-	}
-	if b.enc != nil {
-		encoders.Put(b.enc)
-		b.enc = nil
 	}
 	b.unlock()
 	return nil
@@ -826,10 +819,6 @@ func (b *Backend) Close() error {
 			err = cerr
 		}
 		b.f = nil
-	}
-	if b.enc != nil {
-		encoders.Put(b.enc)
-		b.enc = nil
 	}
 	b.unlock()
 	return err

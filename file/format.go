@@ -23,7 +23,7 @@ const (
 
 	codecRaw  = 0
 	codecZstd = 1 // zstd, no dictionary (snapshots)
-	codecDict = 2 // zstd with the built-in dictionary clnDict (transactions)
+	codecDict = 2 // zstd with the built-in dictionary clnDict (transactions, as earlier lnvault releases wrote them; read only)
 
 	dictID   = 1 // the zstd dictionary ID of clnDict
 	dictSize = 32 << 10
@@ -32,9 +32,6 @@ const (
 	// damaged or hostile file cannot make a reader allocate without limit.
 	// Core Lightning transactions are kilobytes; the largest seen is 20 KiB.
 	maxTxRaw = 256 << 20
-	// minCompress: payloads shorter than this are stored raw, zstd's frame
-	// overhead would eat the gain.
-	minCompress = 48
 )
 
 // clnDict is a raw zstd dictionary of Core Lightning's SQL statement
@@ -199,17 +196,10 @@ func recordCRC(payloadCRC uint32, hdr []byte) uint32 {
 	return crcio.Update(payloadCRC, hdr[:16])
 }
 
-// The transaction coders: fastest with entropy coding of all literals (half
-// of the text is hex blobs, which only Huffman coding shrinks), the CLN
-// dictionary, no zstd checksum (the record CRC covers it).
+// The transaction decoders: the CLN dictionary (codec 2, which lnvault
+// wrote before transactions were stored raw), no zstd checksum (the record
+// CRC covers it).
 var (
-	encoders = zpool.NewEncoders(4,
-		zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithAllLitEntropyCompression(true),
-		zstd.WithEncoderDictRaw(dictID, clnDict),
-		zstd.WithEncoderConcurrency(1),
-		zstd.WithEncoderCRC(false),
-		zstd.WithZeroFrames(true))
 	decoders = zpool.NewDecoders(4,
 		zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderDictRaw(dictID, clnDict),

@@ -77,38 +77,6 @@ func fuzzBody(t *testing.T, data []byte) {
 	}
 }
 
-// TestWriteFuzzSeeds regenerates testdata/fuzz/FuzzOpenStream
-// (LNVAULT_GEN_FUZZ=1).
-func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("LNVAULT_GEN_FUZZ") != "1" {
-		t.Skip("set LNVAULT_GEN_FUZZ=1 to regenerate the committed fuzz seeds")
-	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzOpenStream")
-	os.MkdirAll(dir, 0o755)
-	write := func(name string, data []byte) {
-		s := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, format := range []int{1, 2} {
-		data, offs := smallFile(t, format)
-		write(fmt.Sprintf("v%d-small", format), data)
-		write(fmt.Sprintf("v%d-truncated", format), data[:offs[len(offs)-1]+3])
-		flipped := append([]byte(nil), data...)
-		flipped[len(flipped)-2] ^= 0x40
-		write(fmt.Sprintf("v%d-flipped", format), flipped)
-	}
-	// Empty format-2 backup and a header-only format-1 one.
-	for _, format := range []int{1, 2} {
-		url, path := tempURL(t, "e.dbak")
-		b := mustOpen(t, url, lnvault.OpenOptions{Create: true, Format: format})
-		b.Close()
-		data, _ := os.ReadFile(path)
-		write(fmt.Sprintf("v%d-empty", format), data)
-	}
-}
-
 // smallFile is a small backup (small seeds keep the fuzzer's minimisation
 // short): a snapshot record (not a real database) and a few transactions.
 func smallFile(t testing.TB, format int) ([]byte, []int64) {

@@ -2,40 +2,55 @@ package file
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"os"
-
-	"golang.org/x/sys/unix"
 )
 
-// preallocChunk is how far ahead of the records a format-2 writer allocates
-// the file. An append then overwrites allocated blocks inside the file's size
-// instead of growing it, so its fdatasync has no file size (inode) to write
-// besides the record and the header. Measured on ext4 (virtio): record +
-// header + fdatasync into allocated space costs what a bare append +
-// fdatasync costs, and ~25% less than the same two writes growing the file.
-const preallocChunk = 1 << 20
+// Room past the records, zero-filled and fdatasynced ahead of time (format
+// 2): an append then overwrites blocks that are already written and inside
+// the file's size, so its fdatasync writes the record and the header and has
+// no metadata for the journal to commit. fallocate is not enough: its
+// unwritten extents are converted on the first write into each block, a
+// journal commit that the fdatasync of every append reaching a new block
+// waits for, behind lightningd's own commits. Measured in a real node
+// (25 payments, perf syscall tracing): fdatasync mean 0.81-0.96 ms with
+// fallocated room against 0.65-0.71 ms for the floor (a plugin overwriting
+// written blocks), 0.64-0.75 ms with zero-filled room.
+const (
+	// preallocRoom is how much room Idle keeps ahead of the records.
+	preallocRoom = 1 << 20
+	// zeroChunk is what one Idle adds: about half a millisecond of writing,
+	// once per zeroChunk of log, off the ack path.
+	zeroChunk = 256 << 10
+)
 
 // maxZeroScan bounds how much of a tail past end_offset is read to tell
 // preallocated space (all zeros) from an interrupted append.
-const maxZeroScan = 4 * preallocChunk
+const maxZeroScan = 4 * preallocRoom
 
-// reserve makes sure the data file is allocated up to end, growing it by
-// preallocChunk at a time. Failures are not errors: the append that follows
-// grows the file itself (and reports a full disk).
-func (b *Backend) reserve(end int64) {
-	if end <= b.fsize || b.noPrealloc {
+// reserveAhead (from Idle, with b.mu held) adds zeroChunk of zero-filled,
+// fdatasynced room when less than preallocRoom is left past the records.
+// Failures are not errors: appends then grow the file themselves (and report
+// a full disk); preallocation stops until the next open.
+func (b *Backend) reserveAhead() {
+	end := int64(b.hdr.endOffset)
+	if b.noPrealloc || b.truncFirst || b.hdr.format != 2 || b.fsize-end >= preallocRoom {
 		return
 	}
-	err := unix.Fallocate(int(b.f.Fd()), 0, b.fsize, end+preallocChunk-b.fsize)
-	switch {
-	case err == nil:
-		b.fsize = end + preallocChunk
-	case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
-		b.noPrealloc = true // the filesystem cannot (e.g. some network mounts)
+	from := max(b.fsize, end)
+	n, err := b.f.WriteAt(zeroBlock[:], from)
+	b.grew(from + int64(n))
+	if err == nil {
+		err = fdatasync(b.f)
+	}
+	if err != nil {
+		b.noPrealloc = true
+		b.log.Warn("backup: could not preallocate room past the records; appends grow the file instead", "path", b.path, "err", err)
 	}
 }
+
+// zeroBlock is what reserveAhead writes.
+var zeroBlock [zeroChunk]byte
 
 // grew records that the writer wrote up to end.
 func (b *Backend) grew(end int64) { b.fsize = max(b.fsize, end) }

@@ -3,15 +3,18 @@ package file
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
+	"golang.org/x/sys/unix"
 )
 
 // crash drops the writer the way a killed process does: no truncation of the
@@ -29,20 +32,78 @@ func logTo(buf *bytes.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// A writer keeps room allocated past its records; after a crash the next
-// writer takes that room as it is (no warning, no truncation), and readers and
-// Status see only the records.
+// Idle keeps zero-filled room past the records, a chunk at a time, and
+// appends into it overwrite it without growing the file; Close gives it back.
+func TestIdleKeepsRoom(t *testing.T) {
+	reqs := corpus.MustLoad()[:200]
+	url, path := tempURL(t, "b.dbak")
+	b := mustOpen(t, url, lnvault.OpenOptions{Create: true})
+	appendAll(t, b, reqs[:1])
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if got := size(); got != int64(b.hdr.endOffset) {
+		t.Fatalf("before any Idle the file is %d bytes, records end at %d", got, b.hdr.endOffset)
+	}
+	for i := 1; i <= preallocRoom/zeroChunk; i++ {
+		b.Idle()
+		if got, want := size(), int64(b.hdr.endOffset)+int64(i*zeroChunk); got != want {
+			t.Fatalf("after %d Idle calls the file is %d bytes, want %d", i, got, want)
+		}
+	}
+	b.Idle() // enough room: nothing added
+	full := size()
+	if full-int64(b.hdr.endOffset) != preallocRoom {
+		t.Fatalf("room %d after Idle calls, want %d", full-int64(b.hdr.endOffset), preallocRoom)
+	}
+	appendAll(t, b, reqs[1:])
+	if got := size(); got != full || int64(b.hdr.endOffset) >= full {
+		t.Fatalf("appends into the room changed the file from %d to %d bytes (records end at %d)", full, got, b.hdr.endOffset)
+	}
+	if ok, err := allZero(b.f, int64(b.hdr.endOffset), full); err != nil || !ok {
+		t.Fatalf("the room past the records is not zeros: %v %v", ok, err)
+	}
+	// Written blocks, not unwritten extents (fallocate's): converting those
+	// on the first write is the journal commit the room exists to avoid.
+	if n, err := unwrittenExtents(b.f, int64(b.hdr.endOffset), full); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("reading the file's extents (FIEMAP): %v", err)
+		}
+		t.Logf("cannot check extents here: %v", err)
+	} else if n != 0 {
+		t.Fatalf("%d extents of the room past the records are unwritten (allocated, not written)", n)
+	}
+	end := int64(b.hdr.endOffset)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(); got != end {
+		t.Fatalf("after Close the file is %d bytes, records end at %d", got, end)
+	}
+	checkSame(t, streamAll(t, mustOpen(t, url, lnvault.OpenOptions{ReadOnly: true}), 0), reqs)
+}
+
+// A writer keeps room past its records; after a crash the next writer takes
+// that room as it is (no warning, no truncation), and readers and Status see
+// only the records.
 func TestPreallocatedRoomAfterCrash(t *testing.T) {
 	reqs := corpus.MustLoad()[:40]
 	url, path := tempURL(t, "b.dbak")
 	b := mustOpen(t, url, lnvault.OpenOptions{Create: true})
 	appendAll(t, b, reqs[:20])
+	for range 4 {
+		b.Idle()
+	}
 	end := int64(b.hdr.endOffset)
 	if b.noPrealloc {
 		t.Fatalf("the test directory's filesystem cannot preallocate: %s", path)
 	}
 	crash(b)
-	if fi, _ := os.Stat(path); fi.Size() < end+preallocChunk/2 {
+	if fi, _ := os.Stat(path); fi.Size() < end+preallocRoom {
 		t.Fatalf("file is %d bytes for records ending at %d: no room preallocated", fi.Size(), end)
 	}
 
@@ -155,4 +216,33 @@ func TestIdle(t *testing.T) {
 		b.Idle() // after Close
 		checkSame(t, streamAll(t, mustOpen(t, url, lnvault.OpenOptions{ReadOnly: true}), 0), reqs)
 	}
+}
+
+// unwrittenExtents counts the extents of f in [from, to) that are allocated
+// but not written (FIEMAP_EXTENT_UNWRITTEN).
+func unwrittenExtents(f *os.File, from, to int64) (int, error) {
+	const (
+		fsIocFiemap      = 0xC020660B
+		fiemapFlagSync   = 0x1
+		extentUnwritten  = 0x800
+		maxExtents       = 64
+		fiemapHeaderSize = 32
+		extentSize       = 56
+	)
+	buf := make([]byte, fiemapHeaderSize+maxExtents*extentSize)
+	le := binary.LittleEndian
+	le.PutUint64(buf[0:], uint64(from))
+	le.PutUint64(buf[8:], uint64(to-from))
+	le.PutUint32(buf[16:], fiemapFlagSync)
+	le.PutUint32(buf[24:], maxExtents)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf[0]))); errno != 0 {
+		return 0, errno
+	}
+	n := 0
+	for i := 0; i < int(le.Uint32(buf[20:])); i++ {
+		if le.Uint32(buf[fiemapHeaderSize+i*extentSize+40:])&extentUnwritten != 0 {
+			n++
+		}
+	}
+	return n, nil
 }
