@@ -4,13 +4,16 @@ import (
 	"context"
 	"database/sql"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/restore"
 )
 
@@ -121,4 +124,110 @@ func BenchmarkRestoreCorpus(b *testing.B) {
 	b.ReportMetric(float64(tPlain.Milliseconds())/float64(i), "sqlite-ms/op")
 	b.ReportMetric(float64(size2)/float64(size1), "v2/v1-size")
 	b.ReportMetric(float64(size2), "v2-bytes")
+}
+
+// cliScript is the corpus as a script for Debian's sqlite3: dbapply's
+// pragmas, then each db_write as the transaction lightningd committed (a
+// migration's PRAGMA-only write outside any), as the statements restore
+// applies.
+func cliScript(tb testing.TB, path string) {
+	tb.Helper()
+	var sb strings.Builder
+	sb.WriteString("PRAGMA foreign_keys = ON;\nPRAGMA synchronous = OFF;\nPRAGMA journal_mode = MEMORY;\n")
+	for _, r := range corpus.MustLoad() {
+		pragma := lnvault.IsPragmaOnly(r.Writes)
+		if !pragma {
+			sb.WriteString("BEGIN;\n")
+		}
+		for _, s := range r.Writes {
+			sb.WriteString(strings.TrimRight(strings.TrimSpace(dbapply.FixStatement(s)), ";"))
+			sb.WriteString(";\n")
+		}
+		if !pragma {
+			sb.WriteString("COMMIT;\n")
+		}
+	}
+	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// BenchmarkRestoreVsSQLiteCLI: restore of the corpus from a format-2 file
+// against Debian's sqlite3 applying the same statements with lightningd's
+// transaction boundaries and the same pragmas (then an fsync, as restore's
+// own), alternating which goes first. restore/cli is the ratio (goal ≤ 1.2).
+func BenchmarkRestoreVsSQLiteCLI(b *testing.B) {
+	bin, err := exec.LookPath("sqlite3")
+	if err != nil {
+		b.Fatal("this benchmark compares with Debian's sqlite3: apt-get install sqlite3")
+	}
+	ctx := context.Background()
+	dir := b.TempDir()
+	url, _ := writeCorpusBackup(b, dir, 2)
+	script := filepath.Join(dir, "corpus.sql")
+	cliScript(b, script)
+	bk, err := lnvault.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bk.Close()
+	cli := func(dest string) time.Duration {
+		in, err := os.Open(script)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer in.Close()
+		t := time.Now()
+		cmd := exec.Command(bin, "-bail", dest)
+		cmd.Stdin = in
+		if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "Error") {
+			b.Fatalf("sqlite3: %v: %s", err, out)
+		}
+		f, err := os.OpenFile(dest, os.O_RDWR, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		return time.Since(t)
+	}
+	rest := func(dest string) time.Duration {
+		t := time.Now()
+		if _, err := restore.Restore(ctx, bk, dest, restore.Options{}); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t)
+	}
+	var tRestore, tCLI time.Duration
+	i := 0
+	for b.Loop() {
+		dest, ref := filepath.Join(dir, "restored"), filepath.Join(dir, "cli")
+		os.Remove(dest)
+		os.Remove(ref)
+		if i%2 == 0 {
+			tRestore += rest(dest)
+			tCLI += cli(ref)
+		} else {
+			tCLI += cli(ref)
+			tRestore += rest(dest)
+		}
+		i++
+	}
+	if h1, h2 := dumpHash(b, filepath.Join(dir, "restored")), dumpHash(b, filepath.Join(dir, "cli")); h1 != h2 {
+		b.Fatalf("restore and sqlite3 built different databases: %s vs %s", h1, h2)
+	}
+	b.ReportMetric(float64(tRestore)/float64(tCLI), "restore/cli")
+	b.ReportMetric(float64(tRestore.Microseconds())/1000/float64(i), "restore-ms/op")
+	b.ReportMetric(float64(tCLI.Microseconds())/1000/float64(i), "cli-ms/op")
+}
+
+func dumpHash(tb testing.TB, path string) string {
+	tb.Helper()
+	h, err := dumphash.Of(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
 }
