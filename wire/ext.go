@@ -80,22 +80,17 @@ const (
 	SCBVersionsPerPacket = 512
 )
 
-func init() {
-	for t, n := range map[Type]string{
-		TypeHello: "HELLO", TypeFeatures: "FEATURES", TypeSCBPut: "SCB_PUT", TypeSCBList: "SCB_LIST",
-		TypeSCBVersions: "SCB_VERSIONS", TypeSCBGet: "SCB_GET", TypeSCBData: "SCB_DATA", TypeExtError: "EXT_ERROR",
-		TypeDelete: "DELETE",
-	} {
-		extNames[t-extFirst] = n
-	}
-}
-
 const (
 	extFirst = TypeHello
 	extLast  = TypeDelete
 )
 
-var extNames [extLast - extFirst + 1]string
+// extNames names the extension packet types, from extFirst.
+var extNames = [extLast - extFirst + 1]string{
+	TypeHello - extFirst: "HELLO", TypeFeatures - extFirst: "FEATURES", TypeSCBPut - extFirst: "SCB_PUT",
+	TypeSCBList - extFirst: "SCB_LIST", TypeSCBVersions - extFirst: "SCB_VERSIONS", TypeSCBGet - extFirst: "SCB_GET",
+	TypeSCBData - extFirst: "SCB_DATA", TypeExtError - extFirst: "EXT_ERROR", TypeDelete - extFirst: "DELETE",
+}
 
 // SCBVersion is the metadata of one stored static channel backup version, as
 // SCB_VERSIONS carries it (see scb.Version).

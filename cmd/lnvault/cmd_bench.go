@@ -8,7 +8,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newBenchCmd is `lnvault bench`.
+func newBenchCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "bench [URL|PATH]",
 		Short: "Measure db_write ack latency through the plugin against a destination",
@@ -50,5 +51,5 @@ goes to a temp directory; a file URL, path or directory names the disk to test
 	}
 	c.Flags().Int("changes", 0, "replay this many synthetic changes instead of the corpus")
 	c.Flags().Int("size", 0, "bytes per synthetic change (default: the corpus's median, ~1300)")
-	addCommand(c)
+	return c
 }

@@ -8,8 +8,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
-	addCommand(&cobra.Command{
+// newCompactCmd is `lnvault compact`.
+func newCompactCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "compact URL",
 		Short: "Replace the backup's log up to its head with a snapshot (offline)",
 		Long: `Compact replaces every change before the head with one snapshot; the head
@@ -18,7 +19,7 @@ lightningd is stopped (the backup is locked while it writes). Prints the
 statistics as JSON: {"before": {...}, "after": {...}}.`,
 		Args: cobra.ExactArgs(1),
 		RunE: runCompact,
-	})
+	}
 }
 
 func runCompact(cmd *cobra.Command, args []string) error {

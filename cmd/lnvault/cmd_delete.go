@@ -11,7 +11,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newDeleteCmd is `lnvault delete`.
+func newDeleteCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "delete URL",
 		Short: "Delete a backup (asks first; refuses while a writer holds it)",
@@ -30,7 +31,7 @@ A reference server cannot: delete its file on its host.`,
 		RunE:    runDelete,
 	}
 	c.Flags().Bool("yes", false, "delete without asking")
-	addCommand(c)
+	return c
 }
 
 func runDelete(cmd *cobra.Command, args []string) error {

@@ -23,7 +23,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newDemoCmd is `lnvault demo`.
+func newDemoCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "demo",
 		Short: "Back up real Core Lightning traffic through the plugin, restore it and check it byte for byte",
@@ -38,7 +39,7 @@ from the real node. It exits 1 if they differ.`,
 		RunE: runDemo,
 	}
 	c.Flags().Bool("keep", false, "keep the temp directory and print its path")
-	addCommand(c)
+	return c
 }
 
 func runDemo(cmd *cobra.Command, _ []string) error {

@@ -23,7 +23,8 @@ type generationInfo struct {
 	Current      bool      `json:"current"`
 }
 
-func init() {
+// newGenerationsCmd is `lnvault generations`.
+func newGenerationsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "generations REPLICA_URL",
 		Short: "List the generations stored in an object-storage replica",
@@ -75,7 +76,7 @@ restore uses the current (newest) generation.`,
 		},
 	}
 	c.Flags().Bool("json", false, "print JSON")
-	addCommand(c)
+	return c
 }
 
 // versionRange is the lowest and highest version a generation's objects hold.

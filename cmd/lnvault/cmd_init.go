@@ -19,7 +19,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newInitCmd is `lnvault init`.
+func newInitCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "init URL [URL...]",
 		Short: "Create a backup (and, with --lightning-dir, seed it from the node's database)",
@@ -38,7 +39,7 @@ plugin knows where to write. lightningd must be stopped while init runs.`,
 	f.Int("format", 0, "file format for file: backups: 1 (the reference plugin's) or 2 (checksummed); default: the backend's")
 	f.Bool("force", false, "go on even if lightningd answers on DIR/lightning-rpc or DIR/backup.lock exists")
 	f.Bool("no-heal", false, `stop the node, as the reference does, when its database is ahead of the backup (commits that escaped the plugin), instead of storing the database as a snapshot at the first write ("heal": false in backup.lock)`)
-	addCommand(c)
+	return c
 }
 
 func runInit(cmd *cobra.Command, urls []string) error {

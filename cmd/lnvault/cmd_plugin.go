@@ -13,8 +13,9 @@ import (
 // channel backup extension.
 func pluginMain(ctx context.Context) int { return backupplugin.Main(ctx, clnext.New()) }
 
-func init() {
-	addCommand(&cobra.Command{
+// newPluginCmd is `lnvault plugin`.
+func newPluginCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:    "plugin",
 		Short:  "Run as a Core Lightning plugin on stdin/stdout (lightningd does this with LIGHTNINGD_PLUGIN=1)",
 		Hidden: true,
@@ -25,5 +26,5 @@ func init() {
 			}
 			return nil
 		},
-	})
+	}
 }

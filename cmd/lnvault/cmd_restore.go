@@ -14,7 +14,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newRestoreCmd is `lnvault restore`.
+func newRestoreCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "restore URL DEST",
 		Short: "Restore the node's database from a backup",
@@ -32,7 +33,7 @@ into place; an existing DEST is only replaced with --force.`,
 	f.String("to-time", "", "restore the last version stored at or before this RFC 3339 time (object storage only)")
 	f.Bool("force", false, "overwrite an existing DEST")
 	f.Int("parallelism", 0, "concurrent downloads for object storage (0: the backend's default)")
-	addCommand(c)
+	return c
 }
 
 func runRestore(cmd *cobra.Command, args []string) error {

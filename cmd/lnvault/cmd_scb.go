@@ -19,7 +19,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newScbCmd is `lnvault scb`.
+func newScbCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "scb",
 		Short: "Static channel backups: watch, list and get them",
@@ -34,7 +35,7 @@ in the form recovery takes:
   lnd-multi              the channel.backup file, for: lncli restorechanbackup --multi_file FILE`,
 	}
 	c.AddCommand(scbWatchCmd(), scbListCmd(), scbGetCmd(), scbPutCmd())
-	addCommand(c)
+	return c
 }
 
 func addEncryptFlags(c *cobra.Command) {

@@ -15,10 +15,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
-var serverCmd = &cobra.Command{
-	Use:   "server BACKEND_URL ADDR",
-	Short: "Serve a backup to remote nodes over the socket: protocol",
-	Long: `Serve the backup at BACKEND_URL (e.g. file:///var/backups/node.dbak) to remote
+// newServerCmd is `lnvault server`.
+func newServerCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "server BACKEND_URL ADDR",
+		Short: "Serve a backup to remote nodes over the socket: protocol",
+		Long: `Serve the backup at BACKEND_URL (e.g. file:///var/backups/node.dbak) to remote
 nodes using the socket: backend (socket:HOST:PORT), or the reference Python
 backup plugin.
 
@@ -30,14 +32,12 @@ Tor onion service.
 One connection at a time may write the backup; others may restore or read its
 metadata. SIGTERM or SIGINT stops the server after in-flight changes are
 acknowledged and stored.`,
-	Example: `  lnvault server file:///var/backups/node.dbak 127.0.0.1:8700
+		Example: `  lnvault server file:///var/backups/node.dbak 127.0.0.1:8700
   lnvault server --create --metrics-addr 127.0.0.1:9700 file:///srv/node.dbak [::1]:8700`,
-	Args: cobra.ExactArgs(2),
-	RunE: runServer,
-}
-
-func init() {
-	f := serverCmd.Flags()
+		Args: cobra.ExactArgs(2),
+		RunE: runServer,
+	}
+	f := c.Flags()
 	f.String("metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9700)")
 	f.Bool("allow-unauthenticated", false, "allow listening beyond loopback (the protocol has no authentication)")
 	f.Uint32("max-packet", wire.DefaultMaxPacket, "largest packet payload accepted, in bytes")
@@ -46,8 +46,8 @@ func init() {
 	f.String("tmpdir", "", "directory for incoming snapshots (default: the system's temp directory)")
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
 	f.String("scb", "", "keep the static channel backups lnvault clients send here (default for a file: backup: BACKEND_PATH.scb/; \"none\" to refuse them)")
-	addReplicateFlags(serverCmd)
-	addCommand(serverCmd)
+	addReplicateFlags(c)
+	return c
 }
 
 func runServer(cmd *cobra.Command, args []string) error {

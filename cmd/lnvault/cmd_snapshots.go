@@ -10,7 +10,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newSnapshotsCmd is `lnvault snapshots`.
+func newSnapshotsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "snapshots REPLICA_URL",
 		Short: "List the snapshots stored in an object-storage replica",
@@ -66,5 +67,5 @@ A restore starts from the newest snapshot at or before its target.`,
 	}
 	c.Flags().Bool("json", false, "print JSON")
 	c.Flags().String("generation", "", "only this generation")
-	addCommand(c)
+	return c
 }

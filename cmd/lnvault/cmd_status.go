@@ -9,7 +9,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newStatusCmd is `lnvault status`.
+func newStatusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status URL",
 		Short: "Describe a backup: versions, records, size, format, last change",
@@ -17,7 +18,7 @@ func init() {
 		RunE:  runStatus,
 	}
 	c.Flags().Bool("json", false, "print the status as JSON")
-	addCommand(c)
+	return c
 }
 
 func runStatus(cmd *cobra.Command, args []string) error {

@@ -10,7 +10,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() {
+// newVerifyCmd is `lnvault verify`.
+func newVerifyCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "verify URL [--db PATH]",
 		Short: "Check that a backup restores: checksums, continuity, integrity, foreign keys",
@@ -29,7 +30,7 @@ version exit 2 with what to do; equal, or one change the node never committed
 		RunE: runVerify,
 	}
 	c.Flags().String("db", "", "compare the backup with this stopped node's database")
-	addCommand(c)
+	return c
 }
 
 // exitError carries a command's exit code to main.

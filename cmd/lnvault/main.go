@@ -18,37 +18,41 @@ import (
 
 var logLevel = new(slog.LevelVar)
 
-var rootCmd = &cobra.Command{
-	Use:           "lnvault",
-	Short:         "Synchronous backups of a Core Lightning node, restored exactly",
-	SilenceUsage:  true,
-	SilenceErrors: true,
-	PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-		v, _ := cmd.Flags().GetBool("verbose")
-		if v {
-			logLevel.Set(slog.LevelDebug)
-		}
-		return nil
-	},
+// newRootCmd is the command line: every sub-command the binary has, each
+// built in its own file.
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "lnvault",
+		Short:         "Synchronous backups of a Core Lightning node, restored exactly",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			v, _ := cmd.Flags().GetBool("verbose")
+			if v {
+				logLevel.Set(slog.LevelDebug)
+			}
+			return nil
+		},
+	}
+	root.PersistentFlags().BoolP("verbose", "v", false, "log debug details to stderr")
+	root.AddCommand(
+		newInitCmd(), newStatusCmd(), newVerifyCmd(), newRestoreCmd(), newCompactCmd(), newDeleteCmd(),
+		newGenerationsCmd(), newSnapshotsCmd(), newScbCmd(), newServerCmd(), newBenchCmd(), newDemoCmd(),
+		newPluginCmd(),
+	)
+	return root
 }
-
-func init() {
-	rootCmd.PersistentFlags().BoolP("verbose", "v", false, "log debug details to stderr")
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})))
-	logLevel.Set(slog.LevelWarn)
-}
-
-// addCommand registers a sub-command; each sub-command lives in its own file.
-func addCommand(c *cobra.Command) { rootCmd.AddCommand(c) }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})))
+	logLevel.Set(slog.LevelWarn)
 	backends.Register()
 	if os.Getenv("LIGHTNINGD_PLUGIN") == "1" {
 		os.Exit(pluginMain(ctx))
 	}
-	if err := rootCmd.ExecuteContext(ctx); err != nil {
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "lnvault: %v\n", err)
 		var ec exitCoder
 		if errors.As(err, &ec) {
