@@ -20,13 +20,16 @@ import (
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
+	"github.com/lnvault/lnvault/internal/s3test"
 )
 
 // BenchmarkLargeBackupMemory: peak RSS of `lnvault restore`, `verify` and
 // `compact` (the real binary, as an operator runs them) on a large backup:
 // a snapshot of a database with the real node's schema and data grown with
 // synthetic rows to LNVAULT_BENCH_LARGE bytes (default 1 GiB), then 20,000
-// changes of ~4 KiB. Per destination kind (file:, dir:); the goal is 64 MiB.
+// changes of ~4 KiB. Per destination kind (file:, dir:, s3:// on versitygw,
+// socket: to lnvault server, whose store is a file: backup: the client's
+// side, so its compact is the request); the goal is 64 MiB.
 // Run it alone: `go test -run '^$' -bench LargeBackupMemory -benchtime 1x
 // -timeout 60m ./bench` (it writes ~6 GiB of temp files, in
 // LNVAULT_BENCH_DIR if set).
@@ -54,11 +57,22 @@ func BenchmarkLargeBackupMemory(b *testing.B) {
 	}
 	db := filepath.Join(dir, "large.sqlite3")
 	version := buildLargeDB(b, db, size)
+	ep, bucket := s3test.Start(b)
 	for b.Loop() {
-		for _, kind := range []string{"file", "dir"} {
-			url := "file://" + filepath.Join(dir, "large.dbak")
-			if kind == "dir" {
+		for _, kind := range []string{"file", "dir", "s3", "socket"} {
+			var url string
+			switch kind {
+			case "file":
+				url = "file://" + filepath.Join(dir, "large.dbak")
+			case "dir":
 				url = "dir://" + filepath.Join(dir, "large-replica")
+			case "s3":
+				url = s3test.URL(ep, bucket, "large")
+			case "socket":
+				srv := harness.NewServerProc(b, bin, "file://"+filepath.Join(dir, "srv.dbak"))
+				srv.Start(true)
+				defer srv.Kill()
+				url = "socket:" + srv.Addr
 			}
 			writeLargeBackup(b, url, db, version, changes)
 			dest := filepath.Join(dir, "restored.sqlite3")

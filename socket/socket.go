@@ -380,7 +380,11 @@ func (cfg Config) netErr(ctx context.Context, what op, doing string, timeout tim
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &netError{fmt.Errorf("backup server %s did not answer %s within %v (timeout= in the URL): %w", cfg.Addr(), what, timeout, err)}
+		param := "timeout"
+		if timeout == cfg.CompactTimeout && timeout > cfg.Timeout {
+			param = "compact_timeout"
+		}
+		return &netError{fmt.Errorf("backup server %s did not answer %s within %v (%s= in the URL): %w", cfg.Addr(), what, timeout, param, err)}
 	}
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
@@ -785,6 +789,10 @@ func (b *Backend) streamOn(ctx context.Context, conn net.Conn, first time.Durati
 	if err := wr.WriteEmpty(wire.TypeRestore); err != nil {
 		return b.netErr(ctx, op{name: "RESTORE"}, "sending", b.cfg.Timeout, err)
 	}
+	// A server sends a snapshot only once it has compressed all of it (the
+	// packet's length comes first): a large database keeps it silent for
+	// as long as a compaction may take, not one request's timeout.
+	ic.timeout = max(b.cfg.Timeout, b.cfg.CompactTimeout)
 	started := from == 0
 	var last uint32
 	var n uint64
@@ -794,7 +802,7 @@ func (b *Backend) streamOn(ctx context.Context, conn net.Conn, first time.Durati
 			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
 				return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, err)
 			}
-			return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, b.netErr(ctx, op{name: "RESTORE"}, "reading the answer to", b.cfg.Timeout, err))
+			return fmt.Errorf("restoring from backup server %s after %d changes: %w", b.cfg.Addr(), n, b.netErr(ctx, op{name: "RESTORE"}, "reading the answer to", ic.timeout, err))
 		}
 		switch p.Type {
 		case wire.TypeChange, wire.TypeSnapshot:
