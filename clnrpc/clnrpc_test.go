@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lnvault/lnvault/internal/testnet"
 )
 
 // serve answers each request on a unix socket with reply(request).
@@ -20,27 +22,13 @@ func serve(t testing.TB, reply func(req map[string]any) []byte) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	path := filepath.Join(d, "lightning-rpc")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var req map[string]any
-				if json.NewDecoder(c).Decode(&req) != nil {
-					return
-				}
-				c.Write(reply(req))
-			}()
+	testnet.Serve(t, "unix", path, func(c net.Conn) {
+		var req map[string]any
+		if json.NewDecoder(c).Decode(&req) != nil {
+			return
 		}
-	}()
+		c.Write(reply(req))
+	})
 	return path
 }
 

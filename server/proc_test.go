@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/testnet"
 	"github.com/lnvault/lnvault/server"
 )
 
@@ -168,26 +169,12 @@ type socks5Proxy struct {
 }
 
 func startSOCKS5(t testing.TB, hosts map[string]string) *socks5Proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &socks5Proxy{ln: ln, hosts: hosts}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.handle(c)
-		}
-	}()
+	p := &socks5Proxy{hosts: hosts}
+	p.ln = testnet.Serve(t, "tcp", "127.0.0.1:0", p.handle)
 	return p
 }
 
 func (p *socks5Proxy) handle(c net.Conn) {
-	defer c.Close()
 	buf := make([]byte, 262)
 	if _, err := io.ReadFull(c, buf[:2]); err != nil || buf[0] != 5 {
 		return

@@ -20,6 +20,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/testnet"
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/server"
 	"github.com/lnvault/lnvault/socket"
@@ -371,30 +372,16 @@ func TestSCBAgainstClosingServer(t *testing.T) {
 }
 
 func testSCBAgainstRefusingServer(t *testing.T, nack bool, want string) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var h [5]byte
-				if _, err := io.ReadFull(c, h[:]); err == nil && h[0] > 0x0b && nack {
-					c.Write([]byte{0x07, 0, 0, 0, 0}) // NACK without version, then close
-				}
-				// Otherwise an unknown packet type: drop the connection.
-			}()
+	ln := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		var h [5]byte
+		if _, err := io.ReadFull(c, h[:]); err == nil && h[0] > 0x0b && nack {
+			c.Write([]byte{0x07, 0, 0, 0, 0}) // NACK without version, then close
 		}
-	}()
+		// Otherwise an unknown packet type: drop the connection.
+	})
 	st := openSCB(t, "socket:"+ln.Addr().String()+"?timeout=20s")
 	start := time.Now()
-	_, err = st.List(context.Background())
+	_, err := st.List(context.Background())
 	if !errors.Is(err, socket.ErrNoSCB) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("list: %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/testnet"
 	"github.com/lnvault/lnvault/wire"
 )
 
@@ -15,38 +16,24 @@ import (
 // for delay (a server compressing a large snapshot) before its first packet.
 func slowRestoreServer(t *testing.T, delay time.Duration) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	ln := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		rd, wr := wire.NewReader(c, wire.Limits{}), wire.NewWriter(c)
+		defer rd.Close()
 		for {
-			c, err := ln.Accept()
+			p, err := rd.Next()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				rd, wr := wire.NewReader(c, wire.Limits{}), wire.NewWriter(c)
-				defer rd.Close()
-				for {
-					p, err := rd.Next()
-					if err != nil {
-						return
-					}
-					switch p.Type {
-					case wire.TypeReqMetadata:
-						wr.WriteMetadata(lnvault.Metadata{Version: 7, PrevVersion: 6, VersionCount: 1})
-					case wire.TypeRestore:
-						time.Sleep(delay)
-						wr.WriteChange(lnvault.NewTransaction(7, []string{"SELECT 1"}))
-						wr.WriteEmpty(wire.TypeDone)
-					}
-				}
-			}()
+			switch p.Type {
+			case wire.TypeReqMetadata:
+				wr.WriteMetadata(lnvault.Metadata{Version: 7, PrevVersion: 6, VersionCount: 1})
+			case wire.TypeRestore:
+				time.Sleep(delay)
+				wr.WriteChange(lnvault.NewTransaction(7, []string{"SELECT 1"}))
+				wr.WriteEmpty(wire.TypeDone)
+			}
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/internal/testnet"
 )
 
 func readLock(t *testing.T, dir string) map[string]any {
@@ -156,21 +157,7 @@ func TestCLIInitRefusesRunningNode(t *testing.T) {
 // lightningd does, until the test ends.
 func answerRPC(t *testing.T, dir string) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("unix", filepath.Join(dir, "lightning-rpc"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln
+	return testnet.Serve(t, "unix", filepath.Join(dir, "lightning-rpc"), func(net.Conn) {})
 }
 
 // restore refuses to write under a running node, with --force too, and
