@@ -240,6 +240,38 @@ var (
 	ErrCorrupt = errors.New("backup is corrupt")
 )
 
+// The marks of an end-to-end encrypted backup (package sealed), here so that
+// any part that meets one (a host's compaction, a restore without the
+// identity) can name it instead of failing on it as SQL or as a database.
+const (
+	// SealedPrefix starts the one statement of a sealed transaction. It is
+	// not SQL: a host applying it fails rather than building a wrong
+	// database.
+	SealedPrefix = "LNVAULT-SEALED-V1 "
+	// SealedSnapshotMagic starts the bytes of a sealed snapshot.
+	SealedSnapshotMagic = "LNVAULT-SEALED-SNAPSHOT-V1\n"
+)
+
+// ErrSealed: the backup is end-to-end encrypted; only a holder of the age
+// identity it was made for can read it, and only the node can compact it.
+var ErrSealed = errors.New("the backup is end-to-end encrypted")
+
+// IsSealed tells whether a change is sealed (package sealed).
+func IsSealed(c *Change) bool {
+	switch c.Kind {
+	case KindTransaction:
+		return len(c.Statements) == 1 && strings.HasPrefix(c.Statements[0], SealedPrefix)
+	case KindSnapshot:
+		if c.Snapshot == nil {
+			return false
+		}
+		var b [len(SealedSnapshotMagic)]byte
+		n, _ := c.Snapshot.ReadAt(b[:], 0)
+		return n == len(b) && string(b[:]) == SealedSnapshotMagic
+	}
+	return false
+}
+
 // CorruptError names where a backup is damaged.
 type CorruptError struct {
 	Offset  int64  // byte offset of the bad record or header (-1 if not a file)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/lnvault/lnvault/internal/durable"
+	"github.com/lnvault/lnvault/sealed"
 )
 
 // LockFile is the name of the file, in lightningd's network directory (the
@@ -22,6 +23,31 @@ type Lock struct {
 	// Heal false stops the node, as the reference does, when its database
 	// is ahead of the backup, instead of storing the database as a snapshot.
 	Heal *bool `json:"heal,omitempty"`
+	// Encryption, when set, seals every change end to end before it
+	// leaves the node (package sealed): what every destination stores is
+	// ciphertext only the operator's age identity opens.
+	Encryption *Encryption `json:"encryption,omitempty"`
+}
+
+// Encryption is the end-to-end encryption of a backup, as `lnvault init
+// --encrypt-to` records it.
+type Encryption struct {
+	BackupID   string   `json:"backup_id"`  // hex; bound into every sealed change
+	Recipients []string `json:"recipients"` // age1... public keys; the node has no identity
+	// Pad false stores changes at their size instead of padded to buckets.
+	Pad *bool `json:"pad,omitempty"`
+}
+
+// Config is the sealing configuration, checked.
+func (e *Encryption) Config() (sealed.Config, error) {
+	id, err := sealed.ParseBackupID(e.BackupID)
+	if err != nil {
+		return sealed.Config{}, fmt.Errorf("encryption.backup_id: %w", err)
+	}
+	if len(e.Recipients) == 0 {
+		return sealed.Config{}, errors.New("encryption names no recipients (age1... public keys)")
+	}
+	return sealed.Config{Backup: id, Recipients: e.Recipients, Pad: e.Pad == nil || *e.Pad}, nil
 }
 
 // HealEnabled tells whether a gap is healed at the first write (the default).
@@ -48,6 +74,11 @@ func ParseLock(data []byte) (Lock, error) {
 	}
 	if len(l.URLs()) == 0 {
 		return Lock{}, errors.New(`it names no destination (expected {"backend_url": "file:///..."})`)
+	}
+	if l.Encryption != nil {
+		if _, err := l.Encryption.Config(); err != nil {
+			return Lock{}, err
+		}
 	}
 	return l, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/clnplugin"
 	"github.com/lnvault/lnvault/clnrpc"
+	"github.com/lnvault/lnvault/sealed"
 )
 
 // Option names and defaults.
@@ -45,6 +46,7 @@ type InitEnv struct {
 	Log          *slog.Logger
 	Dir          string          // the plugin's cwd: <lightning-dir>/<network>
 	Destinations []*Destination  // the backup destinations (shared; do not close)
+	Recipients   []string        // the age recipients the database backup is sealed for (none: not encrypted)
 	Fatal        func(err error) // stops the plugin, and so lightningd
 }
 
@@ -103,6 +105,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return r.fail(err)
 	}
 	defer r.closeDestinations()
+	if err := r.seal(lock); err != nil {
+		return r.fail(err)
+	}
 	r.v = NewVault(ctx, r.dests, r.log)
 	r.v.SetAutoCompact(Thresholds{Size: DefaultCompactSize, Changes: DefaultCompactChanges})
 	r.v.SetHeal(HealConfig{Disabled: !lock.HealEnabled(), DBPath: func() (string, error) { return NodeDBPath(cfg.Dir) }})
@@ -117,6 +122,29 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
+	return nil
+}
+
+// seal wraps every destination in the backup's end-to-end encryption when
+// backup.lock asks for it: one new generation (data key) for this run,
+// shared by all destinations so their heads compare.
+func (r *run) seal(lock Lock) error {
+	if lock.Encryption == nil {
+		return nil
+	}
+	cfg, err := lock.Encryption.Config()
+	if err != nil {
+		return fmt.Errorf("%s: %w", LockFile, err)
+	}
+	s, err := sealed.NewSession(cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", LockFile, err)
+	}
+	for _, d := range r.dests {
+		d.Backend = sealed.New(d.Backend, s)
+	}
+	r.recipients = cfg.Recipients
+	r.log.Info("changes are sealed end to end before they leave the node", "generation", fmt.Sprintf("%016x", s.Generation()), "recipients", strings.Join(cfg.Recipients, ", "))
 	return nil
 }
 
@@ -147,6 +175,8 @@ type run struct {
 	v     *Vault
 	urls  []string
 	dests []*Destination
+	// recipients of the database backup's encryption, for extensions
+	recipients []string
 }
 
 // fail logs err to lightningd and returns it.
@@ -244,7 +274,7 @@ func (r *run) init(ctx context.Context, req *clnplugin.InitRequest) error {
 	if rpc != nil {
 		checkWallet(ctx, rpc, r.log, r.p)
 	}
-	env := &InitEnv{Init: req, RPC: rpc, Log: r.log, Dir: r.cfg.Dir, Destinations: r.dests, Fatal: r.p.Fatal}
+	env := &InitEnv{Init: req, RPC: rpc, Log: r.log, Dir: r.cfg.Dir, Destinations: r.dests, Recipients: r.recipients, Fatal: r.p.Fatal}
 	for _, e := range r.cfg.Extensions {
 		if err := e.OnInit(ctx, env); err != nil {
 			r.log.Error("extension failed to start", "extension", e.Name(), "err", err)

@@ -284,7 +284,13 @@ func (v *Vault) afterAppend(ctx context.Context, writes []string) {
 	go func() {
 		defer v.compactWG.Done()
 		v.log.Info("automatic compaction", "size", size, "changes_since_last", changes)
-		if _, err := v.Compact(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, ErrCompacting) {
+		_, err := v.Compact(context.WithoutCancel(ctx))
+		switch {
+		case errors.Is(err, lnvault.ErrSealed):
+			// Retrying at every change would only repeat it.
+			v.auto.Store(&Thresholds{})
+			v.log.Warn("automatic compaction is off for this run", "err", err)
+		case err != nil && !errors.Is(err, ErrCompacting):
 			v.log.Warn("automatic compaction failed", "err", err)
 		}
 	}()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/scb"
 )
 
 // ObjectStore is the little an object storage must do for lnvault: whole-object
@@ -384,8 +385,10 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	inv := &Inventory{}
 	gens := map[string]*Generation{}
 	for _, o := range objs {
-		if o.Key == leaseKey || strings.HasPrefix(o.Key, "scb/") || strings.HasPrefix(o.Key, probePrefix) {
-			// scb/ holds the static channel backups (package scb/s3store).
+		if o.Key == leaseKey || strings.HasPrefix(o.Key, "scb/") || strings.HasPrefix(o.Key, probePrefix) ||
+			(!strings.Contains(o.Key, "/") && strings.HasSuffix(o.Key, scb.DirSuffix)) {
+			// scb/ holds the static channel backups of s3:// (package
+			// scb/s3store), *.scb at the top those of dir:// (scb.DirStore).
 			continue
 		}
 		if o.Key == markerKey {

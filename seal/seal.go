@@ -161,11 +161,16 @@ func Unwrap(wrapped []byte, backup BackupID, gen uint64, identities ...age.Ident
 }
 
 // Position is where a sealed change belongs: its index in the generation
-// (0, 1, 2, ... in the order stored), its version and its kind.
+// (0, 1, 2, ... in the order stored), its version and its kind. A large
+// change (a snapshot) is sealed in chunks: Chunk counts them from 0 and More
+// is set on every chunk but the last, so a truncated or reordered one fails
+// to open.
 type Position struct {
 	Index   uint64
 	Version uint32
 	Kind    byte
+	Chunk   uint32
+	More    bool
 }
 
 func (k *Key) ad(dst []byte, pos Position) []byte {
@@ -174,7 +179,12 @@ func (k *Key) ad(dst []byte, pos Position) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, k.gen)
 	dst = binary.BigEndian.AppendUint64(dst, pos.Index)
 	dst = binary.BigEndian.AppendUint32(dst, pos.Version)
-	return append(dst, pos.Kind)
+	dst = append(dst, pos.Kind)
+	dst = binary.BigEndian.AppendUint32(dst, pos.Chunk)
+	if pos.More {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
 }
 
 // Overhead is what sealing adds to a padded plaintext: the nonce and the tag.
@@ -259,19 +269,25 @@ func grow(b []byte, n int) []byte {
 	return nb
 }
 
-// Chain hashes a generation's sealed changes in order: Chain{}.Next(c0)
-// .Next(c1)... A head carries it, so a dropped, repeated or replaced change
-// anywhere before the head changes the chain a restore recomputes.
+// Chain hashes a generation's changes in order, over their plaintexts and
+// positions: Chain{}.Next(p0, c0).Next(p1, c1)... It is the same at every
+// destination a change was sealed for (nonces differ, plaintexts do not), so
+// two destinations' heads tell whether one is a prefix of the other or they
+// forked; a dropped, repeated or replaced change changes it. Only a holder
+// of the data key can compute it.
 type Chain [sha256.Size]byte
 
-// Next is the chain after sealed.
-func (c Chain) Next(sealed []byte) Chain {
+// Next is the chain after the change plaintext at pos.
+func (c Chain) Next(pos Position, plaintext []byte) Chain {
 	h := sha256.New()
 	h.Write(c[:])
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(sealed)))
+	var n [8 + 4 + 1 + 8]byte
+	binary.BigEndian.PutUint64(n[:], pos.Index)
+	binary.BigEndian.PutUint32(n[8:], pos.Version)
+	n[12] = pos.Kind
+	binary.BigEndian.PutUint64(n[13:], uint64(len(plaintext)))
 	h.Write(n[:])
-	h.Write(sealed)
+	h.Write(plaintext)
 	var out Chain
 	h.Sum(out[:0])
 	return out

@@ -85,6 +85,8 @@ func TestOpenRefusesTampering(t *testing.T) {
 		{"another index", k, Position{Index: 8, Version: 70, Kind: 1}, sealed},
 		{"another version", k, Position{Index: 7, Version: 71, Kind: 1}, sealed},
 		{"another kind", k, Position{Index: 7, Version: 70, Kind: 2}, sealed},
+		{"another chunk", k, Position{Index: 7, Version: 70, Kind: 1, Chunk: 1}, sealed},
+		{"not the last chunk", k, Position{Index: 7, Version: 70, Kind: 1, More: true}, sealed},
 		{"another generation's key", other, pos, sealed},
 		{"another backup's key", otherBackup, pos, sealed},
 	} {
@@ -140,13 +142,12 @@ func TestHeadAndChain(t *testing.T) {
 	k, _ := testKey(t, 2)
 	var sealed [][]byte
 	for i := range 5 {
-		s, _ := k.Seal(nil, Position{Index: uint64(i), Version: uint32(10 + i), Kind: 1}, []byte{byte(i)}, true)
-		sealed = append(sealed, s)
+		sealed = append(sealed, []byte{byte(i)})
 	}
 	chain := func(cs ...[]byte) Chain {
 		var c Chain
-		for _, s := range cs {
-			c = c.Next(s)
+		for i, s := range cs {
+			c = c.Next(Position{Index: uint64(i), Version: uint32(10 + i), Kind: 1}, s)
 		}
 		return c
 	}

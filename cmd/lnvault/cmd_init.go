@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/backupplugin"
 	"github.com/lnvault/lnvault/dbapply"
+	"github.com/lnvault/lnvault/seal"
+	"github.com/lnvault/lnvault/sealed"
 	"github.com/spf13/cobra"
 )
 
@@ -28,9 +31,16 @@ func newInitCmd() *cobra.Command {
 directory holding lightningd.sqlite3, e.g. ~/.lightning/bitcoin) it also takes
 a consistent snapshot of the database at its data_version, stores it as the
 backup's first change, and writes DIR/backup.lock naming the backup(s) so the
-plugin knows where to write. lightningd must be stopped while init runs.`,
+plugin knows where to write. lightningd must be stopped while init runs.
+
+With --encrypt-to/--recipients-file (age public keys) or --new-identity, every
+change is sealed on the node before it leaves it: the destinations hold
+ciphertext their hosts cannot read, alter or reorder unnoticed. The node keeps
+only the public keys; restore, verify and status need the identity
+(--identity FILE). Losing the identity means losing the backup.`,
 		Example: `  lnvault init file:///var/backups/node.dbak --lightning-dir ~/.lightning/bitcoin
-  lnvault init file:///mnt/a/node.dbak socket:backup.example.com:8700 --lightning-dir ~/.lightning/bitcoin`,
+  lnvault init file:///mnt/a/node.dbak socket:backup.example.com:8700 --lightning-dir ~/.lightning/bitcoin
+  lnvault init socket:friend.example:8700 --lightning-dir ~/.lightning/bitcoin --new-identity /media/usb/lnvault.key`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: runInit,
 	}
@@ -38,6 +48,9 @@ plugin knows where to write. lightningd must be stopped while init runs.`,
 	f.String("lightning-dir", "", "the node's directory (with lightningd.sqlite3): snapshot it and write backup.lock there")
 	f.Int("format", 0, "file format for file: backups: 1 (the reference plugin's) or 2 (checksummed); default: the backend's")
 	f.Bool("force", false, "go on even if lightningd answers on DIR/lightning-rpc or DIR/backup.lock exists")
+	addEncryptFlags(c)
+	f.String("new-identity", "", "generate a new age identity in this file (mode 0600) and encrypt for it; keep it off the node: without it the backup cannot be restored")
+	f.Bool("no-pad", false, "with encryption: store changes at their size instead of padded to size buckets (the host learns more about what changed)")
 	f.Bool("no-heal", false, `stop the node, as the reference does, when its database is ahead of the backup (commits that escaped the plugin), instead of storing the database as a snapshot at the first write ("heal": false in backup.lock)`)
 	return c
 }
@@ -74,6 +87,11 @@ func runInit(cmd *cobra.Command, urls []string) error {
 			return fmt.Errorf("%s already exists (this node is already backed up): pass --force to replace it", lockPath)
 		}
 		dbPath = filepath.Join(dir, "lightningd.sqlite3")
+	}
+
+	enc, session, err := initEncryption(cmd, dir)
+	if err != nil {
+		return err
 	}
 
 	// The snapshot, when the node has a database.
@@ -123,6 +141,9 @@ func runInit(cmd *cobra.Command, urls []string) error {
 			return fmt.Errorf("creating backup %s: %w", u, err)
 		}
 		created = append(created, u)
+		if session != nil {
+			b = sealed.New(b, session)
+		}
 		if snap != nil {
 			st, err := snap.Stat()
 			if err == nil {
@@ -145,6 +166,7 @@ func runInit(cmd *cobra.Command, urls []string) error {
 		if noHeal {
 			lock.Heal = new(bool)
 		}
+		lock.Encryption = enc
 		if err := backupplugin.WriteLock(filepath.Dir(lockPath), lock); err != nil {
 			return fmt.Errorf("writing %s: %w", lockPath, err)
 		}
@@ -160,10 +182,65 @@ func runInit(cmd *cobra.Command, urls []string) error {
 			fmt.Fprintf(out, "created empty backup %s at version 0\n", u)
 		}
 	}
+	if enc != nil {
+		fmt.Fprintf(out, "the backup is end-to-end encrypted for %s: restore, verify and status need one of their identities (--identity FILE); keep it safe and off this node: losing it loses the backup\n", strings.Join(enc.Recipients, ", "))
+	}
 	if lockPath != "" {
 		fmt.Fprintf(out, "wrote %s; start lightningd with --important-plugin=%s\n", lockPath, pluginPath())
 	}
 	return nil
+}
+
+// initEncryption reads init's encryption flags: nil when the backup is not
+// to be encrypted; otherwise what backup.lock records and the session that
+// seals the first snapshot.
+func initEncryption(cmd *cobra.Command, dir string) (*backupplugin.Encryption, *sealed.Session, error) {
+	f := cmd.Flags()
+	keys, _ := f.GetStringArray("encrypt-to")
+	files, _ := f.GetStringArray("recipients-file")
+	newID, _ := f.GetString("new-identity")
+	noPad, _ := f.GetBool("no-pad")
+	if len(keys) == 0 && len(files) == 0 && newID == "" {
+		if noPad {
+			return nil, nil, errors.New("--no-pad is about encryption: give --encrypt-to, --recipients-file or --new-identity too")
+		}
+		return nil, nil, nil
+	}
+	if dir == "" {
+		return nil, nil, errors.New("an encrypted backup needs --lightning-dir: the node reads its encryption from DIR/backup.lock")
+	}
+	var rs []string
+	if len(keys) > 0 || len(files) > 0 {
+		var err error
+		if rs, err = sealed.Recipients(keys, files); err != nil {
+			return nil, nil, err
+		}
+	}
+	if newID != "" {
+		r, err := sealed.NewIdentity(newID)
+		if err != nil {
+			return nil, nil, err
+		}
+		rs = append(rs, r)
+		fmt.Fprintf(cmd.OutOrStdout(), "wrote a new age identity to %s (public key %s): move it off the node to a safe place; without it the backup cannot be restored\n", newID, r)
+	}
+	id, err := seal.NewBackupID()
+	if err != nil {
+		return nil, nil, err
+	}
+	enc := &backupplugin.Encryption{BackupID: hex.EncodeToString(id[:]), Recipients: rs}
+	if noPad {
+		enc.Pad = new(bool)
+	}
+	cfg, err := enc.Config()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := sealed.NewSession(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return enc, s, nil
 }
 
 // checkNodeStopped refuses to go on while lightningd answers on its RPC

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/sealed"
 	"github.com/spf13/cobra"
 )
 
@@ -14,10 +15,14 @@ func newStatusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status URL",
 		Short: "Describe a backup: versions, records, size, format, last change",
-		Args:  cobra.ExactArgs(1),
-		RunE:  runStatus,
+		Long: `Status describes a backup from what its storage says. With --identity FILE
+an end-to-end encrypted backup is read and authenticated too, and status
+shows its authenticated head (version, generation, chain).`,
+		Args: cobra.ExactArgs(1),
+		RunE: runStatus,
 	}
 	c.Flags().Bool("json", false, "print the status as JSON")
+	addIdentityFlag(c)
 	return c
 }
 
@@ -31,6 +36,17 @@ func runStatus(cmd *cobra.Command, args []string) error {
 	st, err := b.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("reading the status of %s: %w", args[0], err)
+	}
+	head := ""
+	if ids, err := identitiesFromFlags(cmd); err != nil {
+		return err
+	} else if len(ids) > 0 {
+		r := sealed.NewReader(b, ids, nil)
+		if _, err := r.Scan(ctx); err != nil {
+			return fmt.Errorf("authenticating %s: %w", args[0], err)
+		}
+		head = r.Head().String()
+		st.Format += ", authenticated"
 	}
 	if st.URL == "" {
 		st.URL = args[0]
@@ -53,5 +69,8 @@ func runStatus(cmd *cobra.Command, args []string) error {
 	fmt.Fprintf(out, "records:        %d\n", st.Records)
 	fmt.Fprintf(out, "size:           %s (%d bytes)\n", formatBytes(st.Size), st.Size)
 	fmt.Fprintf(out, "last change:    %s\n", last)
+	if head != "" {
+		fmt.Fprintf(out, "authenticated:  %s\n", head)
+	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 // newVerifyCmd is `lnvault verify`.
 func newVerifyCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "verify URL [--db PATH]",
+		Use:   "verify URL [URL...] [--db PATH]",
 		Short: "Check that a backup restores: checksums, continuity, integrity, foreign keys",
 		Long: `Verify reads every change of the backup, checks checksums and version
 continuity, restores it into a temp database and runs integrity_check and
@@ -25,11 +25,17 @@ With --db PATH (a stopped node's lightningd.sqlite3) it also compares the
 backup with that database: a gap (the node is ahead: commits never reached the
 backup), an old database (behind the backup), or different content at the same
 version exit 2 with what to do; equal, or one change the node never committed
-(the next start rewinds it), exit 0.`,
-		Args: cobra.ExactArgs(1),
+(the next start rewinds it), exit 0.
+
+An end-to-end encrypted backup needs --identity FILE; every change is
+authenticated. Given several URLs (destinations of one backup), verify names
+each that is behind the newest head or forked from it (exit 2) and checks the
+newest.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: runVerify,
 	}
 	c.Flags().String("db", "", "compare the backup with this stopped node's database")
+	addIdentityFlag(c)
 	return c
 }
 
@@ -45,8 +51,11 @@ func (e *exitError) ExitCode() int { return e.code }
 
 func runVerify(cmd *cobra.Command, args []string) error {
 	ctx := cmd.Context()
-	url := args[0]
-	b, err := openBackupURL(ctx, url, lnvault.OpenOptions{ReadOnly: true})
+	ids, err := identitiesFromFlags(cmd)
+	if err != nil {
+		return err
+	}
+	url, b, rel, err := newestOf(cmd, args, lnvault.OpenOptions{ReadOnly: true}, ids)
 	if err != nil {
 		if errors.Is(err, lnvault.ErrCorrupt) {
 			return &exitError{fmt.Errorf("%w (restore from another copy of the backup)", err), 2}
@@ -65,6 +74,9 @@ func runVerify(cmd *cobra.Command, args []string) error {
 		}
 		return err
 	}
+	if len(args) > 1 {
+		fmt.Fprintf(cmd.OutOrStdout(), "newest: %s\n", url)
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "backup ok: %d changes (%d snapshots, %d statements), versions %d..%d, data_version %d, integrity and foreign keys ok\n",
 		rep.Changes, rep.Snapshots, rep.Statements, rep.FirstVersion, rep.LastVersion, rep.DataVersion)
 	if db, _ := cmd.Flags().GetString("db"); db != "" {
@@ -76,6 +88,9 @@ func runVerify(cmd *cobra.Command, args []string) error {
 			return &exitError{fmt.Errorf("%s: %s", c.State, c.Detail), 2}
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "database %s: %s: %s\n", db, c.State, c.Detail)
+	}
+	if err := lagging(args, rel); err != nil {
+		return &exitError{err, 2}
 	}
 	return nil
 }

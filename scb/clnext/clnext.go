@@ -319,6 +319,11 @@ func recipients(env *backupplugin.InitEnv) ([]age.Recipient, error) {
 		}
 		files = append(files, f)
 	}
+	if len(keys) == 0 && len(files) == 0 {
+		// An encrypted database backup encrypts its SCBs for the same
+		// recipients unless told otherwise.
+		keys = env.Recipients
+	}
 	rs, err := scb.ParseRecipients(keys, files)
 	if err != nil {
 		return nil, fmt.Errorf("options %s/%s: %w", OptEncryptTo, OptRecipientsFile, err)

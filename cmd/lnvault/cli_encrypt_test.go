@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/harness"
+	"github.com/lnvault/lnvault/internal/s3test"
+)
+
+// hostBytes is everything a host holds: every file under dirs and every
+// object of the bucket.
+func hostBytes(t *testing.T, endpoint, bucket string, dirs ...string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	for _, d := range dirs {
+		filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && e.Type().IsRegular() {
+				if b, err := os.ReadFile(p); err == nil {
+					out[p] = b
+				}
+			}
+			return nil
+		})
+	}
+	if endpoint == "" {
+		return out
+	}
+	c := s3test.Client(endpoint)
+	p := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range page.Contents {
+			r, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: o.Key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(r.Body)
+			r.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out["s3://"+bucket+"/"+aws.ToString(o.Key)] = b
+		}
+	}
+	return out
+}
+
+// samples are pieces of the corpus's statements (and so of its blobs) that
+// no ciphertext holds by chance.
+func samples(reqs []corpus.Request) [][]byte {
+	var out [][]byte
+	for i := 0; i < len(reqs); i += 7 {
+		for _, w := range reqs[i].Writes {
+			if len(w) >= 80 {
+				out = append(out, []byte(w[len(w)/2-20:len(w)/2+20]))
+				break
+			}
+		}
+	}
+	return out
+}
+
+// An encrypted backup written by the real plugin to every kind of host
+// (lnvault server replicating to S3, s3:// direct, dir://, file:): no host
+// byte holds a sample of the corpus; restore with the identity gives the
+// corpus's final dump from each, and from all at once; without the
+// identity the error names the recipient.
+func TestEncryptedBackupHostsHoldOnlyCiphertext(t *testing.T) {
+	ep, bkt := s3test.Start(t)
+	dir := t.TempDir()
+	srvDir, dirDest, fileDir := filepath.Join(dir, "server"), filepath.Join(dir, "dirdest"), filepath.Join(dir, "filedest")
+	for _, d := range []string{srvDir, fileDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := startServer(t, "file://"+filepath.Join(srvDir, "node.dbak"), "127.0.0.1:0", "--create",
+		"--replicate", s3test.URL(ep, bkt, "srv"), "--replicate-interval", "200ms")
+	urls := []string{"socket:" + srv.Addr, s3test.URL(ep, bkt, "node"), "dir://" + dirDest, "file://" + filepath.Join(fileDir, "node.dbak")}
+
+	h, err := harness.New(harness.Config{Bin: lnvaultBin, Dir: filepath.Join(dir, "lightning"), NoNodeDB: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	const cut = 100 // init seals a snapshot of the node at this version
+	replayCorpus(t, filepath.Join(h.NetDir(), "lightningd.sqlite3"), cut)
+	idFile := filepath.Join(dir, "lnvault.key")
+	r := mustRun(t, append(append([]string{"init"}, urls...), "--lightning-dir", h.NetDir(), "--force", "--new-identity", idFile)...)
+	if !strings.Contains(r.stdout, "end-to-end encrypted") || !strings.Contains(r.stdout, "losing it loses the backup") {
+		t.Fatalf("init does not say the backup is encrypted and what losing the identity means:\n%s", r.stdout)
+	}
+	if st, err := os.Stat(idFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file: %v, mode %v; want 0600", err, st.Mode())
+	}
+	recipient := readLock(t, h.NetDir())["encryption"].(map[string]any)["recipients"].([]any)[0].(string)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all := corpus.MustLoad()
+	var reqs []corpus.Request
+	for _, q := range all {
+		if q.DataVersion > cut {
+			reqs = append(reqs, q)
+		}
+	}
+	if err := h.Replay(ctx, reqs, 1); err != nil {
+		t.Fatalf("replay: %v\nplugin stderr: %s", err, h.Stderr())
+	}
+	if code, err := h.Stop(ctx); err != nil || code != 0 {
+		t.Fatalf("plugin exit %d: %v\nstderr: %s", code, err, h.Stderr())
+	}
+	last := all[len(all)-1].DataVersion
+	waitReplica(t, s3test.URL(ep, bkt, "srv"), last, srv)
+
+	held := hostBytes(t, ep, bkt, srvDir, dirDest, fileDir)
+	var total int
+	for _, b := range held {
+		total += len(b)
+	}
+	probes := samples(all)
+	if len(held) < 4 || len(probes) < 100 {
+		t.Fatalf("%d host files, %d probes: the test looks at nothing", len(held), len(probes))
+	}
+	for name, b := range held {
+		for _, p := range probes {
+			if bytes.Contains(b, p) {
+				t.Fatalf("%s holds plaintext of the corpus: %q", name, p)
+			}
+		}
+	}
+	// The static channel backups kept beside the database backup are
+	// encrypted for the same recipient (envelope flag bit 0).
+	scbs := 0
+	for name, b := range held {
+		if bytes.HasPrefix(b, []byte("LNVSCB")) {
+			scbs++
+			if len(b) < 8 || b[7]&1 == 0 {
+				t.Fatalf("%s: a static channel backup stored unencrypted", name)
+			}
+		}
+	}
+	if scbs == 0 {
+		t.Fatal("no static channel backup at any host: the SCB check looked at nothing")
+	}
+	t.Logf("%d host files and objects, %d bytes: none holds any of %d corpus samples; %d SCB versions, all encrypted", len(held), total, len(probes), scbs)
+
+	want := corpus.FinalDumpSHA256()
+	for _, u := range append(urls, s3test.URL(ep, bkt, "srv")) {
+		r := runCLI(t, "restore", u, filepath.Join(t.TempDir(), "x.sqlite3"))
+		assertOneLineError(t, r, "end-to-end encrypted", recipient, "--identity")
+		dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+		mustRun(t, "restore", "--identity", idFile, u, dest)
+		if got := dumpOf(t, dest); got != want {
+			t.Fatalf("restore of %s with the identity: dump %s, want %s", u, got, want)
+		}
+	}
+	dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+	r = mustRun(t, append(append([]string{"restore", "--identity", idFile}, urls...), dest)...)
+	if got := dumpOf(t, dest); got != want || strings.Contains(r.stderr, "WARNING") {
+		t.Fatalf("restore from all destinations: dump %s (want %s), stderr:\n%s", got, want, r.stderr)
+	}
+	r = mustRun(t, "status", "--identity", idFile, urls[0])
+	if !strings.Contains(r.stdout, "authenticated:  version 2992") {
+		t.Fatalf("status with the identity does not show the authenticated head:\n%s", r.stdout)
+	}
+	srv.stop()
+}

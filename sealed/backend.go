@@ -1,0 +1,325 @@
+package sealed
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"filippo.io/age"
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/seal"
+)
+
+// Backend seals every change it stores in an inner backend and opens
+// every change it streams from one. Open one with New (writing, a
+// Session) or NewReader (reading, identities).
+type Backend struct {
+	inner lnvault.Backend
+	s     *Session
+	ids   []age.Identity
+	want  *seal.BackupID // the backup expected (backup.lock), nil: the first met
+
+	mu        sync.Mutex // the writer's place in its generation
+	written   uint64     // transactions of the session's generation stored: the next index
+	chain     seal.Chain
+	prevChain seal.Chain
+	prevTx    bool // the last append was a transaction (a rewind takes back its index)
+	hist      history
+	buf, raw  []byte
+
+	hmu  sync.Mutex
+	head Mark
+}
+
+// New returns a backend that seals what it appends to inner with s. The
+// node has no identity: identities are for tests and tools that read what
+// they write.
+func New(inner lnvault.Backend, s *Session, identities ...age.Identity) *Backend {
+	return &Backend{inner: inner, s: s, ids: identities, want: &s.ks.backup}
+}
+
+// NewReader returns a backend that opens the sealed changes inner streams
+// with identities. want, when not nil, is the backup they must belong to.
+// Without identities a plaintext backup streams as it is, and a sealed one
+// fails naming its recipients; with them, a plaintext change is refused (a
+// host cannot slip one in).
+func NewReader(inner lnvault.Backend, identities []age.Identity, want *seal.BackupID) *Backend {
+	return &Backend{inner: inner, ids: identities, want: want}
+}
+
+// Inner is the backend the ciphertext is stored in.
+func (b *Backend) Inner() lnvault.Backend { return b.inner }
+
+func (b *Backend) Metadata() lnvault.Metadata { return b.inner.Metadata() }
+
+func (b *Backend) Close() error { return b.inner.Close() }
+
+// Idle passes on to the inner backend.
+func (b *Backend) Idle() {
+	if i, ok := b.inner.(lnvault.Idler); ok {
+		i.Idle()
+	}
+}
+
+func (b *Backend) Status(ctx context.Context) (lnvault.Status, error) {
+	st, err := b.inner.Status(ctx)
+	st.Format += ", end-to-end encrypted"
+	return st, err
+}
+
+// Append seals c at the writer's next place and stores it. Its cost on
+// the ack path is one AEAD seal and a base64 encoding (BenchmarkAppend).
+func (b *Backend) Append(ctx context.Context, c *lnvault.Change) error {
+	if b.s == nil {
+		return fmt.Errorf("this backup was opened for reading: appending needs the node's session")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch c.Kind {
+	case lnvault.KindTransaction:
+		return b.appendTx(ctx, c)
+	case lnvault.KindSnapshot:
+		return b.appendSnapshot(ctx, c)
+	}
+	return fmt.Errorf("change version %d: unknown kind %v", c.Version, c.Kind)
+}
+
+func (b *Backend) envelope(kind lnvault.Kind) envelope {
+	e := envelope{gen: b.s.key.Generation(), index: b.written}
+	if b.s.pad {
+		e.flags |= flagPad
+	}
+	if b.written == 0 || kind == lnvault.KindSnapshot {
+		e.key = b.s.ks
+	}
+	return e
+}
+
+func (b *Backend) appendTx(ctx context.Context, c *lnvault.Change) error {
+	var err error
+	if b.buf, err = lnvault.JoinStatements(b.buf[:0], c.Statements); err != nil {
+		return err
+	}
+	e := b.envelope(lnvault.KindTransaction)
+	pos := seal.Position{Index: e.index, Version: c.Version, Kind: byte(lnvault.KindTransaction)}
+	b.raw = appendHeader(b.raw[:0], e)
+	if b.raw, err = b.s.key.Seal(b.raw, pos, b.buf, b.s.pad); err != nil {
+		return err
+	}
+	stmt := make([]byte, len(lnvault.SealedPrefix)+base64.StdEncoding.EncodedLen(len(b.raw)))
+	copy(stmt, lnvault.SealedPrefix)
+	base64.StdEncoding.Encode(stmt[len(lnvault.SealedPrefix):], b.raw)
+	if err := b.inner.Append(ctx, lnvault.NewTransaction(c.Version, []string{string(stmt)})); err != nil {
+		return err
+	}
+	b.prevChain, b.prevTx = b.chain, true
+	if b.written == 0 {
+		b.chain = seal.Chain{}
+	}
+	b.chain = b.chain.Next(pos, b.buf)
+	b.written++
+	b.hist.add(c.Version, b.written, b.chain)
+	return nil
+}
+
+// appendSnapshot seals a snapshot (init's, or the first write's heal) into
+// a temp file and stores that. A snapshot takes no index: it stands for
+// the changes before the index it carries.
+func (b *Backend) appendSnapshot(ctx context.Context, c *lnvault.Change) error {
+	if c.Snapshot == nil {
+		return fmt.Errorf("snapshot at version %d without data", c.Version)
+	}
+	e := b.envelope(lnvault.KindSnapshot)
+	pos := seal.Position{Index: e.index, Version: c.Version, Kind: snapshotKind}
+	chain := b.chain
+	if b.written == 0 {
+		chain = seal.Chain{}
+	}
+	chain = chain.Next(pos, nil)
+	f, err := sealSnapshotFile(b.s, e, pos, chain, c.Snapshot)
+	if err != nil {
+		return err
+	}
+	defer removeTemp(f)
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := b.inner.Append(ctx, lnvault.NewSnapshot(c.Version, io.NewSectionReader(f, 0, st.Size()))); err != nil {
+		return err
+	}
+	b.prevChain, b.prevTx = b.chain, false
+	b.chain = chain
+	b.hist.reset()
+	return nil
+}
+
+// sealSnapshotFile writes a sealed snapshot to a temp file (TMPDIR).
+func sealSnapshotFile(s *Session, e envelope, pos seal.Position, chain seal.Chain, src *io.SectionReader) (*os.File, error) {
+	f, err := os.CreateTemp("", "lnvault-sealed-*.snap")
+	if err != nil {
+		return nil, fmt.Errorf("sealing a snapshot needs a temp file (set TMPDIR to a writable directory): %w", err)
+	}
+	w := bufio.NewWriterSize(f, 256<<10)
+	w.Write([]byte(lnvault.SealedSnapshotMagic))
+	w.Write(appendHeader(nil, e))
+	err = sealSnapshot(w, s.key, pos, chain, src, s.pad)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		removeTemp(f)
+		return nil, fmt.Errorf("sealing the snapshot at version %d: %w", pos.Version, err)
+	}
+	return f, nil
+}
+
+func removeTemp(f *os.File) {
+	f.Close()
+	os.Remove(f.Name())
+}
+
+// Rewind takes back the last change, and its place in the generation.
+func (b *Backend) Rewind(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.inner.Rewind(ctx); err != nil {
+		return err
+	}
+	if b.s == nil {
+		return nil
+	}
+	// A rewind at the first write takes back a change of an earlier
+	// generation: this one has stored nothing yet.
+	if b.prevTx && b.written > 0 {
+		b.written--
+		b.hist.drop()
+	}
+	b.chain, b.prevTx = b.prevChain, false
+	return nil
+}
+
+// Compact is the node's: a host cannot build a snapshot from ciphertext.
+func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
+	return lnvault.CompactStats{}, fmt.Errorf("%w: its host cannot compact it, and compaction by the node is not built yet; the backup grows until it is re-initialised (lnvault init --encrypt-to ... with lightningd stopped)", lnvault.ErrSealed)
+}
+
+// Stream opens and checks every change of the backup and passes the
+// plaintext ones to fn from the first whose version is >= from.
+func (b *Backend) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	r := b.newOpener()
+	err := b.inner.Stream(ctx, 0, func(c *lnvault.Change) error {
+		p, err := r.open(c)
+		if err != nil {
+			return err
+		}
+		if p.Version < from {
+			return nil
+		}
+		return fn(p)
+	})
+	if err == nil {
+		b.setHead(r.mark())
+	}
+	return err
+}
+
+// StreamTo passes on to an inner lnvault.TargetStreamer (object storage
+// keeps old snapshots, each carrying its generation's key).
+func (b *Backend) StreamTo(ctx context.Context, target uint32, fn func(*lnvault.Change) error) error {
+	ts, ok := b.inner.(lnvault.TargetStreamer)
+	if !ok {
+		return b.Stream(ctx, 0, fn)
+	}
+	r := b.newOpener()
+	return ts.StreamTo(ctx, target, func(c *lnvault.Change) error {
+		p, err := r.open(c)
+		if err != nil {
+			return err
+		}
+		return fn(p)
+	})
+}
+
+// VersionAt passes on to an inner lnvault.VersionAtTimer.
+func (b *Backend) VersionAt(ctx context.Context, t time.Time) (uint32, error) {
+	vt, ok := b.inner.(lnvault.VersionAtTimer)
+	if !ok {
+		return 0, fmt.Errorf("this storage does not record when each change was stored: use --to-version")
+	}
+	return vt.VersionAt(ctx, t)
+}
+
+// Delete passes on to an inner lnvault.Deleter.
+func (b *Backend) Delete(ctx context.Context) error {
+	d, ok := b.inner.(lnvault.Deleter)
+	if !ok {
+		return fmt.Errorf("this storage cannot delete its backup")
+	}
+	return d.Delete(ctx)
+}
+
+// Empty passes on to an inner lnvault.Emptier; the next change starts the
+// generation again (with its key).
+func (b *Backend) Empty(ctx context.Context) error {
+	e, ok := b.inner.(lnvault.Emptier)
+	if !ok {
+		return fmt.Errorf("this storage cannot be emptied in place")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := e.Empty(ctx); err != nil {
+		return err
+	}
+	b.written, b.chain, b.prevChain, b.prevTx = 0, seal.Chain{}, seal.Chain{}, false
+	b.hist.reset()
+	return nil
+}
+
+// Head is the authenticated head the last whole Stream ended at.
+func (b *Backend) Head() Mark {
+	b.hmu.Lock()
+	defer b.hmu.Unlock()
+	return b.head
+}
+
+func (b *Backend) setHead(m Mark) {
+	b.hmu.Lock()
+	b.head = m
+	b.hmu.Unlock()
+}
+
+// history keeps, for the changes of the writer's generation since its last
+// snapshot, the index and chain after each version, so that a compaction
+// can seal a snapshot that stands for them (bounded: the oldest go).
+type history struct {
+	marks []histMark
+}
+
+type histMark struct {
+	version uint32
+	next    uint64
+	chain   seal.Chain
+}
+
+const historyLen = 1 << 14
+
+func (h *history) add(v uint32, next uint64, c seal.Chain) {
+	if len(h.marks) == historyLen {
+		h.marks = append(h.marks[:0], h.marks[historyLen/2:]...)
+	}
+	h.marks = append(h.marks, histMark{v, next, c})
+}
+
+func (h *history) drop() {
+	if len(h.marks) > 0 {
+		h.marks = h.marks[:len(h.marks)-1]
+	}
+}
+
+func (h *history) reset() { h.marks = h.marks[:0] }

@@ -1,0 +1,435 @@
+package sealed
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/file"
+	"github.com/lnvault/lnvault/internal/backendtest"
+	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/seal"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+type keys struct {
+	id  *age.X25519Identity
+	cfg Config
+}
+
+func newKeys(t testing.TB) keys {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bid, err := seal.NewBackupID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys{id: id, cfg: Config{Backup: bid, Recipients: []string{id.Recipient().String()}, Pad: true}}
+}
+
+func (k keys) session(t testing.TB) *Session {
+	t.Helper()
+	s, err := NewSession(k.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The sealed wrapper over a file keeps the Backend contract; compaction is
+// the node's and refused here.
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, func(t *testing.T) backendtest.Subject {
+		k := newKeys(t)
+		url := "file://" + filepath.Join(t.TempDir(), "backup.dbak")
+		return backendtest.Subject{
+			Empties:    true,
+			Deviations: backendtest.Deviations{CompactRefused: true},
+			Open: func(ctx context.Context, o lnvault.OpenOptions) (lnvault.Backend, error) {
+				o.Logger = quiet()
+				inner, err := file.Open(ctx, url, o)
+				if err != nil {
+					return nil, err
+				}
+				if o.ReadOnly {
+					return NewReader(inner, []age.Identity{k.id}, &k.cfg.Backup), nil
+				}
+				return New(inner, k.session(t), k.id), nil
+			},
+		}
+	})
+}
+
+// stored is what the host holds: the changes as the inner backend streams
+// them (snapshots copied out of the callback).
+type stored []*lnvault.Change
+
+func storedOf(t *testing.T, b lnvault.Backend) stored {
+	t.Helper()
+	var out stored
+	err := b.Stream(context.Background(), 0, func(c *lnvault.Change) error {
+		if c.Kind == lnvault.KindSnapshot {
+			data, err := io.ReadAll(io.NewSectionReader(c.Snapshot, 0, c.Snapshot.Size()))
+			if err != nil {
+				return err
+			}
+			out = append(out, lnvault.NewSnapshot(c.Version, io.NewSectionReader(bytes.NewReader(data), 0, int64(len(data)))))
+			return nil
+		}
+		out = append(out, lnvault.NewTransaction(c.Version, slices.Clone(c.Statements)))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// list serves stored changes (Stream only): the host's tampering.
+type list struct{ stored }
+
+func (l list) Metadata() lnvault.Metadata                     { return lnvault.Metadata{} }
+func (l list) Append(context.Context, *lnvault.Change) error  { return errors.New("read only") }
+func (l list) Rewind(context.Context) error                   { return errors.New("read only") }
+func (l list) Status(context.Context) (lnvault.Status, error) { return lnvault.Status{}, nil }
+func (l list) Close() error                                   { return nil }
+func (l list) Compact(context.Context) (lnvault.CompactStats, error) {
+	return lnvault.CompactStats{}, errors.New("read only")
+}
+func (l list) Stream(ctx context.Context, from uint32, fn func(*lnvault.Change) error) error {
+	for _, c := range l.stored {
+		if c.Version < from {
+			continue
+		}
+		if err := fn(c); err != nil {
+			if errors.Is(err, lnvault.ErrStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// written writes n corpus changes in two generations (a restart between)
+// to a file backup and returns what it holds.
+func written(t *testing.T, k keys, n int) (stored, []*lnvault.Change) {
+	t.Helper()
+	ctx := context.Background()
+	cs, err := corpus.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs = cs[:n]
+	url := "file://" + filepath.Join(t.TempDir(), "b.dbak")
+	for i, part := range [][]*lnvault.Change{cs[:n/2], cs[n/2:]} {
+		inner, err := file.Open(ctx, url, lnvault.OpenOptions{Create: i == 0, Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := New(inner, k.session(t))
+		for _, c := range part {
+			if err := b.Append(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.Close()
+	}
+	inner, err := file.Open(ctx, url, lnvault.OpenOptions{ReadOnly: true, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	return storedOf(t, inner), cs
+}
+
+func read(k keys, s stored) ([]*lnvault.Change, error) {
+	var out []*lnvault.Change
+	r := NewReader(list{s}, []age.Identity{k.id}, &k.cfg.Backup)
+	err := r.Stream(context.Background(), 0, func(c *lnvault.Change) error {
+		out = append(out, lnvault.NewTransaction(c.Version, slices.Clone(c.Statements)))
+		return nil
+	})
+	return out, err
+}
+
+func TestRoundTripAndHostSeesNoPlaintext(t *testing.T) {
+	k := newKeys(t)
+	s, cs := written(t, k, 400)
+	got, err := read(k, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(cs) {
+		t.Fatalf("read %d changes, wrote %d", len(got), len(cs))
+	}
+	for i := range cs {
+		if got[i].Version != cs[i].Version || !slices.Equal(got[i].Statements, cs[i].Statements) {
+			t.Fatalf("change %d differs after the round trip", i)
+		}
+	}
+	// Nothing of a statement is left in what the host holds.
+	var host bytes.Buffer
+	for _, c := range s {
+		host.WriteString(strings.Join(c.Statements, "\x00"))
+	}
+	for _, c := range cs[:50] {
+		for _, st := range c.Statements {
+			if len(st) > 24 && bytes.Contains(host.Bytes(), []byte(st[:24])) {
+				t.Fatalf("the host holds plaintext: %.40q", st)
+			}
+		}
+	}
+}
+
+func decodeTx(t *testing.T, c *lnvault.Change) []byte {
+	t.Helper()
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(c.Statements[0], lnvault.SealedPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func encodeTx(v uint32, raw []byte) *lnvault.Change {
+	return lnvault.NewTransaction(v, []string{lnvault.SealedPrefix + base64.StdEncoding.EncodeToString(raw)})
+}
+
+// Every way a host can rearrange what it holds is named by the reader.
+func TestTamperingIsNamed(t *testing.T) {
+	k := newKeys(t)
+	s, _ := written(t, k, 60)
+	other := newKeys(t)
+	os, _ := written(t, other, 60)
+	mid := len(s) / 4 // inside the first generation
+	for _, tc := range []struct {
+		name string
+		edit func(stored) stored
+		want string
+	}{
+		{"flipped bit", func(s stored) stored {
+			raw := decodeTx(t, s[mid])
+			raw[len(raw)-5] ^= 1
+			s[mid] = encodeTx(s[mid].Version, raw)
+			return s
+		}, "altered"},
+		{"dropped middle change", func(s stored) stored { return slices.Delete(s, mid, mid+1) }, "missing"},
+		{"reordered pair", func(s stored) stored { s[mid], s[mid+1] = s[mid+1], s[mid]; return s }, "missing"},
+		{"replayed change", func(s stored) stored { return slices.Insert(s, mid+1, s[mid]) }, "comes again"},
+		{"edited version", func(s stored) stored {
+			s[mid] = lnvault.NewTransaction(s[mid].Version+1, s[mid].Statements)
+			return s
+		}, "altered"},
+		{"plaintext inserted", func(s stored) stored {
+			return slices.Insert(s, mid, lnvault.NewTransaction(s[mid].Version, []string{"UPDATE vars SET intval=1"}))
+		}, "plaintext"},
+		{"first change of a generation dropped", func(s stored) stored { return slices.Delete(s, 0, 1) }, "first change is missing"},
+		{"another backup's change", func(s stored) stored { s[mid] = os[0]; return s }, "two backups were spliced"},
+		{"another backup's generation", func(s stored) stored { return append(s[:len(s)/2], os[len(os)/2:]...) }, "two backups were spliced"},
+		{"a generation comes back", func(s stored) stored { return append(s, s[mid]) }, "comes back"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := read(k, tc.edit(slices.Clone(s)))
+			if !errors.Is(err, lnvault.ErrCorrupt) {
+				t.Fatalf("read: %v, want a corrupt backup", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("read: %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Without the identity, or with another one, the error names the
+// recipients the backup was made for.
+func TestIdentityNeeded(t *testing.T) {
+	k := newKeys(t)
+	s, _ := written(t, k, 20)
+	for _, ids := range [][]age.Identity{nil, {newKeys(t).id}} {
+		err := NewReader(list{s}, ids, nil).Stream(context.Background(), 0, func(*lnvault.Change) error { return nil })
+		if !errors.Is(err, lnvault.ErrSealed) || !strings.Contains(err.Error(), k.cfg.Recipients[0]) {
+			t.Fatalf("with %d identities: %v, want ErrSealed naming %s", len(ids), err, k.cfg.Recipients[0])
+		}
+	}
+	// A plaintext backup streams as it is without identity, and is refused
+	// with one (a host cannot strip the encryption).
+	plain := stored{lnvault.NewTransaction(1, []string{"CREATE TABLE t (a)"})}
+	if err := NewReader(list{plain}, nil, nil).Stream(context.Background(), 0, func(*lnvault.Change) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read(k, plain); !errors.Is(err, lnvault.ErrCorrupt) || !strings.Contains(err.Error(), "plaintext") {
+		t.Fatalf("a plaintext backup read with an identity: %v", err)
+	}
+}
+
+// Snapshots are sealed in chunks, read at any offset, and refused cut
+// short, extended or with a chunk altered.
+func TestSnapshotChunks(t *testing.T) {
+	ctx := context.Background()
+	k := newKeys(t)
+	for _, size := range []int{0, 1, chunkPlain - snapPrefix, chunkPlain - snapPrefix + 1, 3*chunkPlain + 17} {
+		data := make([]byte, size)
+		rand.Read(data)
+		url := "file://" + filepath.Join(t.TempDir(), "b.dbak")
+		inner, err := file.Open(ctx, url, lnvault.OpenOptions{Create: true, Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := New(inner, k.session(t), k.id)
+		if err := b.Append(ctx, lnvault.NewSnapshot(5, io.NewSectionReader(bytes.NewReader(data), 0, int64(size)))); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Append(ctx, lnvault.NewTransaction(6, []string{"INSERT INTO t VALUES (1)"})); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		err = b.Stream(ctx, 0, func(c *lnvault.Change) error {
+			if c.Kind != lnvault.KindSnapshot {
+				return nil
+			}
+			if c.Snapshot.Size() != int64(size) {
+				t.Fatalf("size %d: snapshot streams as %d bytes", size, c.Snapshot.Size())
+			}
+			// Backwards, in odd pieces: any offset reads.
+			got = make([]byte, size)
+			for off := size; off > 0; off -= min(off, 7001) {
+				n := min(off, 7001)
+				if _, err := c.Snapshot.ReadAt(got[off-n:off], int64(off-n)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("size %d: read back %d bytes, equal %v, err %v", size, len(got), bytes.Equal(got, data), err)
+		}
+		host := storedOf(t, b.Inner())
+		b.Close()
+		snap, _ := io.ReadAll(host[0].Snapshot)
+		if size >= 64 && bytes.Contains(snap, data[:64]) {
+			t.Fatalf("size %d: the host holds the snapshot's plaintext", size)
+		}
+		for name, bad := range map[string][]byte{
+			"cut short": snap[:len(snap)-1],
+			"extended":  append(slices.Clone(snap), 0),
+			"altered":   flip(snap, len(snap)-20),
+		} {
+			s := stored{lnvault.NewSnapshot(5, io.NewSectionReader(bytes.NewReader(bad), 0, int64(len(bad)))), host[1]}
+			err := NewReader(list{s}, []age.Identity{k.id}, nil).Stream(ctx, 0, func(c *lnvault.Change) error {
+				if c.Kind == lnvault.KindSnapshot {
+					_, err := io.Copy(io.Discard, c.Snapshot)
+					return err
+				}
+				return nil
+			})
+			if err == nil {
+				t.Fatalf("size %d: a snapshot %s was read", size, name)
+			}
+		}
+	}
+}
+
+func flip(b []byte, i int) []byte {
+	b = slices.Clone(b)
+	b[i] ^= 0x10
+	return b
+}
+
+// What the reader is handed by a hostile host never panics and never
+// allocates beyond what it holds.
+func FuzzOpen(f *testing.F) {
+	k := newKeys(f)
+	s := k.session(f)
+	var raw []byte
+	raw = appendHeader(raw, envelope{gen: s.Generation(), key: s.ks, flags: flagPad})
+	raw, _ = s.key.Seal(raw, seal.Position{Version: 3, Kind: 1}, []byte("INSERT INTO t VALUES (1)"), true)
+	f.Add(raw)
+	f.Add(raw[:30])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := stored{encodeTx(3, data)}
+		_, err := read(k, s)
+		if err != nil && !errors.Is(err, lnvault.ErrCorrupt) && !errors.Is(err, lnvault.ErrSealed) {
+			t.Fatalf("unexpected error kind: %v", err)
+		}
+		if _, _, err := parseHeader(data); err == nil && len(data) < headerLen {
+			t.Fatal("a short header parsed")
+		}
+	})
+}
+
+// Several destinations of one backup: the newest head is picked, a
+// destination behind (an older head replayed) or forked is named.
+func TestCompareHeads(t *testing.T) {
+	ctx := context.Background()
+	k := newKeys(t)
+	s := k.session(t)
+	cs, err := corpus.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := func(extra ...*lnvault.Change) *Backend {
+		url := "file://" + filepath.Join(t.TempDir(), "b.dbak")
+		inner, err := file.Open(ctx, url, lnvault.OpenOptions{Create: true, Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := New(inner, s, k.id)
+		t.Cleanup(func() { b.Close() })
+		for _, c := range append(slices.Clone(cs[:30]), extra...) {
+			if err := b.Append(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b
+	}
+	fork := lnvault.NewTransaction(cs[30].Version, append(slices.Clone(cs[30].Statements), "UPDATE vars SET intval = 7 WHERE name = 'x';"))
+	a := dest(cs[30:40]...)
+	same := dest(cs[30:40]...)
+	behind := dest()
+	forked := dest(fork)
+	forkedTip := dest(append([]*lnvault.Change{fork}, cs[31:40]...)...)
+	replayed := NewReader(list{storedOf(t, a.Inner())[:20]}, []age.Identity{k.id}, &k.cfg.Backup)
+	var trails [][]Mark
+	for _, b := range []*Backend{behind, a, same, forked, replayed} {
+		tr, err := b.Scan(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trails = append(trails, tr)
+	}
+	newest, rel := Compare(trails)
+	if newest != 1 {
+		t.Fatalf("newest is %d, want 1 (%+v)", newest, rel)
+	}
+	for i, want := range []State{Behind, Newest, Same, Forked, Behind} {
+		if rel[i].State != want {
+			t.Errorf("destination %d: %s (%s), want %s", i, rel[i].State, rel[i].Detail, want)
+		}
+	}
+	if !strings.Contains(rel[0].Detail, "10 versions behind") {
+		t.Errorf("behind: %s", rel[0].Detail)
+	}
+	// Two heads at the same version with other changes: nothing is newest.
+	tr, err := forkedTip.Scan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, rel := Compare([][]Mark{trails[1], tr}); n != -1 || rel[1].State != Forked {
+		t.Fatalf("a fork at the head: newest %d, %+v", n, rel)
+	}
+}
