@@ -205,6 +205,18 @@ type Emptier interface {
 	Empty(ctx context.Context) error
 }
 
+// Rebaser is implemented by backends that can take a snapshot built
+// elsewhere in place of the start of their log: the node compacts an
+// end-to-end encrypted backup, whose host cannot read its changes, with a
+// snapshot of its own database.
+type Rebaser interface {
+	// Rebase replaces every change up to the last one of version
+	// snap.Version with snap and keeps the later ones; at least the head
+	// must come after it (so it can still be rewound). Metadata does not
+	// change. Like Compact it runs beside Append.
+	Rebase(ctx context.Context, snap *Change) (CompactStats, error)
+}
+
 // VersionAtTimer is implemented by backends that know when each change was
 // stored (object storage), for point-in-time restores (`--to-time`).
 type VersionAtTimer interface {
@@ -238,6 +250,9 @@ var (
 	ErrVersion = errors.New("version does not follow the backup's head")
 	// ErrCorrupt: the backup is damaged. Usually wrapped in a *CorruptError.
 	ErrCorrupt = errors.New("backup is corrupt")
+	// ErrNoRebase: the storage cannot take a snapshot built by the node
+	// (Rebaser), e.g. a backup server that does not offer it.
+	ErrNoRebase = errors.New("this storage cannot take a snapshot from the node")
 )
 
 // The marks of an end-to-end encrypted backup (package sealed), here so that

@@ -22,6 +22,7 @@ import (
 	"github.com/lnvault/lnvault/clnplugin"
 	"github.com/lnvault/lnvault/clnrpc"
 	"github.com/lnvault/lnvault/sealed"
+	"github.com/lnvault/lnvault/shadow"
 )
 
 // Option names and defaults.
@@ -109,6 +110,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return r.fail(err)
 	}
 	r.v = NewVault(ctx, r.dests, r.log)
+	if r.shadow != nil {
+		r.v.SetShadow(r.shadow)
+		defer r.shadow.Close()
+	}
 	r.v.SetAutoCompact(Thresholds{Size: DefaultCompactSize, Changes: DefaultCompactChanges})
 	r.v.SetHeal(HealConfig{Disabled: !lock.HealEnabled(), DBPath: func() (string, error) { return NodeDBPath(cfg.Dir) }})
 	defer r.v.Wait()
@@ -140,8 +145,13 @@ func (r *run) seal(lock Lock) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", LockFile, err)
 	}
+	// The node compacts what its hosts cannot read, from a copy of its own
+	// database kept beside it (package shadow).
+	r.shadow = shadow.New(filepath.Join(r.cfg.Dir, ShadowFile), r.log)
 	for _, d := range r.dests {
-		d.Backend = sealed.New(d.Backend, s)
+		sb := sealed.New(d.Backend, s)
+		sb.SetSnapshotSource(r.shadow.Copy)
+		d.Backend = sb
 	}
 	r.recipients = cfg.Recipients
 	r.log.Info("changes are sealed end to end before they leave the node", "generation", fmt.Sprintf("%016x", s.Generation()), "recipients", strings.Join(cfg.Recipients, ", "))
@@ -177,7 +187,12 @@ type run struct {
 	dests []*Destination
 	// recipients of the database backup's encryption, for extensions
 	recipients []string
+	shadow     *shadow.Shadow // an encrypted backup's copy of the node's database
 }
+
+// ShadowFile is the shadow copy of the node's database an encrypted backup
+// is compacted from, in lightningd's network directory.
+const ShadowFile = "lnvault-shadow.sqlite3"
 
 // fail logs err to lightningd and returns it.
 func (r *run) fail(err error) error {

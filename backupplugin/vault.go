@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/shadow"
 )
 
 // Destination is one backend the plugin writes every change to.
@@ -43,10 +44,11 @@ type Vault struct {
 	dests []*Destination
 	log   *slog.Logger
 
-	wmu     sync.Mutex // serialises Write (one db_write at a time anyway)
-	started bool
-	last    uint32
-	failed  error // sticky: after a failed change no later one is accepted
+	wmu      sync.Mutex // serialises Write (one db_write at a time anyway)
+	started  bool
+	shadowOK bool // the shadow was aligned at the first write
+	last     uint32
+	failed   error // sticky: after a failed change no later one is accepted
 
 	lat latencies
 
@@ -62,7 +64,14 @@ type Vault struct {
 	sizeAfter   atomic.Int64 // size right after the last compaction
 	sinceCompat atomic.Int64 // changes since the last compaction
 	lastCompact atomic.Pointer[CompactReport]
+
+	shadow *shadow.Shadow // nil: none (an encrypted backup has one)
 }
+
+// SetShadow makes the vault keep sh, a plaintext copy of the node's
+// database, in step with every change (aligned at the first write, fed off
+// the ack path). Call it before the first Write.
+func (v *Vault) SetShadow(sh *shadow.Shadow) { v.shadow = sh }
 
 // NewVault returns a vault over dests, which it does not open or close.
 func NewVault(ctx context.Context, dests []*Destination, log *slog.Logger) *Vault {
@@ -155,6 +164,9 @@ func (v *Vault) Write(ctx context.Context, version uint32, writes []string) erro
 		return err
 	}
 	v.started, v.last = true, version
+	if v.shadow != nil && v.shadowOK {
+		v.shadow.Add(c)
+	}
 	v.lat.add(time.Since(start))
 	v.writes.Add(1)
 	v.lastWrite.Store(time.Now().UnixNano())
@@ -231,7 +243,27 @@ func (v *Vault) first(ctx context.Context, c *lnvault.Change) error {
 			"backup_version", rep.BackupVersion, "node_version", n, "versions_missing", rep.Missing,
 			"database", rep.Database, "read_ms", rep.ReadMs, "took_ms", rep.TookMs, "destinations", strings.Join(rep.Destinations, ", "))
 	}
+	v.alignShadow(ctx, c)
 	return v.append(ctx, c)
+}
+
+// alignShadow brings the shadow to the node's committed version before the
+// first change is appended, while lightningd waits for the answer (so its
+// database can be read without racing a commit). A failure only leaves
+// this run without node compaction of an encrypted backup.
+func (v *Vault) alignShadow(ctx context.Context, c *lnvault.Change) {
+	if v.shadow == nil || v.healCfg.DBPath == nil {
+		return
+	}
+	db, err := v.healCfg.DBPath()
+	if err == nil {
+		err = v.shadow.Align(ctx, uint32(committedVersion(c.Version, c.Statements)), db)
+	}
+	if err != nil {
+		v.log.Warn("no shadow copy of the node's database in this run: the encrypted backup is not compacted until the next start", "shadow", v.shadow.Path(), "err", err)
+		return
+	}
+	v.shadowOK = true
 }
 
 func (v *Vault) append(ctx context.Context, c *lnvault.Change) error {

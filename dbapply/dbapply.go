@@ -34,7 +34,50 @@ type Applier struct {
 	batch   int
 	version uint32
 	applied int64
+	// wal: a database kept across runs (OpenWAL): atomic commits that a
+	// crash never tears, instead of a temp file fsynced once at the end.
+	wal bool
 }
+
+// OpenWAL opens an existing database to apply changes to it across runs, in
+// WAL mode with synchronous=NORMAL: a crash may lose the last commits but
+// never leaves a torn database. Its version is the file's data_version.
+func OpenWAL(ctx context.Context, path string) (*Applier, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err
+	}
+	a := &Applier{path: path, batch: DefaultBatch, wal: true}
+	if err := a.open(ctx); err != nil {
+		return nil, err
+	}
+	v, err := dataVersion(ctx, a.conn)
+	if err != nil {
+		a.closeDB()
+		return nil, fmt.Errorf("reading the data_version of %s: %w", path, err)
+	}
+	a.version = v
+	return a, nil
+}
+
+// SetJournalDelete puts the database at path in the rollback journal mode
+// (a copy of a WAL database keeps WAL in its header otherwise) and fsyncs it.
+func SetJournalDelete(ctx context.Context, path string) error {
+	db, err := sql.Open("sqlite", fileURI(path))
+	if err != nil {
+		return err
+	}
+	_, err = db.ExecContext(ctx, "PRAGMA journal_mode = DELETE")
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("journal mode of %s: %w", path, err)
+	}
+	return durable.SyncFile(path)
+}
+
+// Commit commits what is applied so far.
+func (a *Applier) Commit(ctx context.Context) error { return a.commit(ctx) }
 
 // Create makes a new empty database at path (which must not exist) and returns
 // an Applier for it.
@@ -74,7 +117,11 @@ func (a *Applier) open(ctx context.Context) error {
 	}
 	// The file is a temp file until the caller renames it, and the caller
 	// fsyncs it at the end: no journal fsyncs are needed on the way.
-	for _, p := range []string{"PRAGMA foreign_keys = ON", "PRAGMA synchronous = OFF", "PRAGMA journal_mode = MEMORY"} {
+	pragmas := []string{"PRAGMA foreign_keys = ON", "PRAGMA synchronous = OFF", "PRAGMA journal_mode = MEMORY"}
+	if a.wal {
+		pragmas = []string{"PRAGMA foreign_keys = ON", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"}
+	}
+	for _, p := range pragmas {
 		if _, err := conn.ExecContext(ctx, p); err != nil {
 			conn.Close()
 			db.Close()

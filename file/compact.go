@@ -46,7 +46,16 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	b.hook("snapshot-built")
 	// 2. The new file: snapshot record, then the head verbatim.
 	defer c.dropTemp()
-	if err := c.writeNewFile(dbPath, version); err != nil {
+	db, err := os.Open(dbPath)
+	if err != nil {
+		return c.stats, err
+	}
+	defer db.Close()
+	st, err := db.Stat()
+	if err != nil {
+		return c.stats, err
+	}
+	if err := c.writeNewFile(io.NewSectionReader(db, 0, st.Size()), version); err != nil {
 		return c.stats, err
 	}
 	b.hook("file-written")
@@ -55,14 +64,81 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	return c.stats, err
 }
 
-// compaction is one run of Compact.
+// Rebase replaces every record up to the last one of version snap.Version
+// with snap, a snapshot built elsewhere: by the node, for an end-to-end
+// encrypted backup whose records this host cannot read. The records after
+// it stay verbatim; there must be at least one (the head stays a separate
+// change, so it can still be rewound). Like Compact it runs beside
+// appends, which wait only for the swap.
+func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.CompactStats, error) {
+	if snap.Kind != lnvault.KindSnapshot || snap.Snapshot == nil {
+		return lnvault.CompactStats{}, fmt.Errorf("rebase of %s: a rebase takes a snapshot, not a %s", b.path, snap.Kind)
+	}
+	c, err := b.beginCompaction()
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer c.end()
+	if c.f, err = os.Open(b.path); err != nil {
+		return c.stats, fmt.Errorf("rebase: %w", err)
+	}
+	defer c.f.Close()
+	if err := c.findAfter(ctx, snap.Version); err != nil {
+		return c.stats, err
+	}
+	defer c.dropTemp()
+	if err := c.writeNewFile(snap.Snapshot, snap.Version); err != nil {
+		return c.stats, err
+	}
+	b.hook("file-written")
+	err = c.swap()
+	return c.stats, err
+}
+
+// findAfter finds the first record after the last one of version v: the
+// records kept by a rebase at v.
+func (c *compaction) findAfter(ctx context.Context, v uint32) error {
+	h0 := c.h0
+	scan := &walker{f: c.f, h: h0, size: int64(h0.endOffset), limit: int64(h0.endOffset), headersOnly: true}
+	var first rec
+	before := false
+	scan.fn = func(r rec, _ *lnvault.Change) error {
+		if r.version <= v {
+			before = true
+			c.kept = 0
+			return nil
+		}
+		if c.kept == 0 {
+			first = r
+		}
+		c.kept++
+		return nil
+	}
+	if err := scan.run(ctx); err != nil {
+		return fmt.Errorf("rebase: %w", err)
+	}
+	c.records = scan.n
+	c.stats.Before = lnvault.SizeStats{BackupSize: int64(h0.endOffset), VersionCount: uint64(c.records)}
+	c.stats.After = c.stats.Before
+	switch {
+	case !before:
+		return fmt.Errorf("rebase of %s at version %d: the backup holds no change at or before it (it starts later)", c.b.path, v)
+	case c.kept == 0:
+		return fmt.Errorf("rebase of %s at version %d: the head is at that version, and must stay a change of its own; rebase after the next change", c.b.path, v)
+	}
+	c.head = first
+	return nil
+}
+
+// compaction is one run of Compact or Rebase.
 type compaction struct {
 	b        *Backend
 	h0       header // the head when it started
 	rewinds0 uint64
 	f        *os.File // the old file, read
 	records  int64    // in the old file up to h0
-	head     rec      // the head record, kept verbatim
+	head     rec      // the first record kept verbatim: the head
+	kept     int64    // records kept verbatim from head on (up to h0)
 	dir      string
 	base     string
 	tmp      *os.File // the new file
@@ -122,7 +198,7 @@ func (c *compaction) findHead(ctx context.Context) (fold bool, err error) {
 	c.records = scan.n
 	c.stats.Before = lnvault.SizeStats{BackupSize: int64(h0.endOffset), VersionCount: uint64(c.records)}
 	c.stats.After = c.stats.Before
-	c.head = scan.last
+	c.head, c.kept = scan.last, 1
 	return nPrefix > 1 || nPrefix == 1 && before.kind != lnvault.KindSnapshot, nil
 }
 
@@ -151,26 +227,17 @@ func (c *compaction) buildSnapshot(ctx context.Context) (string, uint32, error) 
 }
 
 // writeNewFile writes the new file's records, the snapshot at version then
-// the head as it is, and fsyncs them before the lock is taken. The old file
-// is closed at the end: no handle of ours may stay open on it over the swap.
-func (c *compaction) writeNewFile(dbPath string, version uint32) error {
+// the records kept (from the head on) as they are, and fsyncs them before
+// the lock is taken. The old file is closed at the end: no handle of ours
+// may stay open on it over the swap.
+func (c *compaction) writeNewFile(snap *io.SectionReader, version uint32) error {
 	tmp, err := os.CreateTemp(c.dir, "."+c.base+".compact-*")
 	if err != nil {
 		return fmt.Errorf("compaction: %w", err)
 	}
 	c.tmp = tmp
 	start := dataStart(c.h0.format)
-	db, err := os.Open(dbPath)
-	if err != nil {
-		return err
-	}
-	st, err := db.Stat()
-	if err != nil {
-		db.Close()
-		return err
-	}
-	n, err := writeSnapshot(tmp, c.h0.format, start, version, io.NewSectionReader(db, 0, st.Size()))
-	db.Close()
+	n, err := writeSnapshot(tmp, c.h0.format, start, version, snap)
 	if err != nil {
 		return fmt.Errorf("compaction: %w", err)
 	}
@@ -219,7 +286,7 @@ func (c *compaction) swap() error {
 	if h1.lastRecordOffset != 0 {
 		nh.lastRecordOffset = uint64(int64(h1.lastRecordOffset) + shift)
 	}
-	nh.recordCount = uint64(2 + appended)
+	nh.recordCount = uint64(1 + c.kept + appended)
 	nh, slot, err := c.writeHeaders(nh)
 	if err != nil {
 		return err
@@ -229,7 +296,7 @@ func (c *compaction) swap() error {
 		return err
 	}
 	c.stats.Before = lnvault.SizeStats{BackupSize: int64(h1.endOffset), VersionCount: uint64(c.records + appended)}
-	c.stats.After = lnvault.SizeStats{BackupSize: int64(nh.endOffset), VersionCount: uint64(2 + appended)}
+	c.stats.After = lnvault.SizeStats{BackupSize: int64(nh.endOffset), VersionCount: uint64(1 + c.kept + appended)}
 	b.log.Info("backup compacted", "path", b.path, "before_bytes", c.stats.Before.BackupSize, "after_bytes", c.stats.After.BackupSize,
 		"records_before", c.stats.Before.VersionCount, "records_after", c.stats.After.VersionCount)
 	return nil

@@ -982,6 +982,81 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	return st, nil
 }
 
+// Rebase stores snap, a snapshot the node built of its own database (an
+// end-to-end encrypted backup cannot be compacted here), as the snapshot
+// of the current generation at the last change of its version, and applies
+// retention: restores start from it. The head must come after it.
+func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.CompactStats, error) {
+	b.compactMu.Lock()
+	defer b.compactMu.Unlock()
+	var st lnvault.CompactStats
+	if snap.Kind != lnvault.KindSnapshot || snap.Snapshot == nil {
+		return st, fmt.Errorf("rebase: a rebase takes a snapshot, not a %s", snap.Kind)
+	}
+	b.mu.Lock()
+	err := b.writable(ctx)
+	gen, md := b.gen, b.md
+	b.mu.Unlock()
+	if err != nil {
+		return st, err
+	}
+	v := snap.Version
+	if md.Version <= v {
+		return st, fmt.Errorf("rebase at version %d: the head is at version %d and must stay a change of its own; rebase after the next change", v, md.Version)
+	}
+	inv, err := b.client.Inventory(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.Before = sizeStats(inv)
+	g := generationByID(inv, gen)
+	if g == nil {
+		return st, fmt.Errorf("rebase: generation %s is gone from %s", gen, b.client)
+	}
+	idx, prev, err := lastIndexOf(g, v)
+	if err != nil {
+		return st, err
+	}
+	if _, err := b.writeSnapshot(ctx, gen, idx, v, prev, io.NewSectionReader(snap.Snapshot, 0, snap.Snapshot.Size())); err != nil {
+		return st, err
+	}
+	if err := b.applyRetention(ctx, gen, time.Now()); err != nil {
+		return st, err
+	}
+	if inv, err = b.client.Inventory(ctx); err != nil {
+		return st, err
+	}
+	st.After = sizeStats(inv)
+	return st, nil
+}
+
+// lastIndexOf finds the index of the last change of version v in g, and
+// the version of the change before it, from the segments' names: v must end
+// a segment (each change is one when the node writes synchronously).
+func lastIndexOf(g *Generation, v uint32) (uint64, uint32, error) {
+	var (
+		found bool
+		idx   uint64
+		prev  uint32
+	)
+	for i, s := range g.Segments {
+		switch {
+		case s.FirstVersion <= v && v < s.LastVersion:
+			return 0, 0, fmt.Errorf("rebase at version %d: the version falls inside segment %s of several changes; a rebase needs it at a segment's end", v, s.Key)
+		case s.LastVersion == v && (!found || s.LastIndex > idx):
+			found, idx = true, s.LastIndex
+			prev = v
+			if s.FirstIndex == s.LastIndex && i > 0 {
+				prev = g.Segments[i-1].LastVersion
+			}
+		}
+	}
+	if !found {
+		return 0, 0, fmt.Errorf("rebase at version %d: no change of that version in the current generation", v)
+	}
+	return idx, prev, nil
+}
+
 // snapshotAt writes a snapshot of generation g at index idx.
 func (b *Backend) snapshotAt(ctx context.Context, g *Generation, idx uint64) error {
 	var prev, last uint32

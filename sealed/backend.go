@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -31,6 +33,7 @@ type Backend struct {
 	prevTx    bool // the last append was a transaction (a rewind takes back its index)
 	hist      history
 	buf, raw  []byte
+	src       SnapshotSource
 
 	hmu  sync.Mutex
 	head Mark
@@ -204,9 +207,98 @@ func (b *Backend) Rewind(ctx context.Context) error {
 	return nil
 }
 
+// SnapshotSource copies the node's database, consistently, to dst and
+// returns the data_version of the copy (dbapply.SnapshotLive).
+type SnapshotSource func(ctx context.Context, dst string) (uint32, error)
+
+// SetSnapshotSource lets Compact build snapshots from the node's own
+// database (the plugin sets it; without it Compact is refused).
+func (b *Backend) SetSnapshotSource(src SnapshotSource) { b.src = src }
+
+// RebaseWait bounds how long Compact waits for a change past the node's
+// snapshot (the head must stay a change of its own); a variable for tests.
+var RebaseWait = 10 * time.Minute
+
 // Compact is the node's: a host cannot build a snapshot from ciphertext.
+// It copies the node's database at some version v, waits until the
+// backup's head is past v, seals the copy where the changes after v start
+// in this run's generation, with the chain up to v, and hands it to the
+// storage (lnvault.Rebaser) in place of everything up to v. Appends go on
+// meanwhile; nothing is downloaded.
 func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
-	return lnvault.CompactStats{}, fmt.Errorf("%w: its host cannot compact it, and compaction by the node is not built yet; the backup grows until it is re-initialised (lnvault init --encrypt-to ... with lightningd stopped)", lnvault.ErrSealed)
+	rb, ok := b.inner.(lnvault.Rebaser)
+	switch {
+	case b.s == nil || b.src == nil:
+		return lnvault.CompactStats{}, fmt.Errorf("%w: its host cannot compact it; the node does (lightning-cli backup-compact, or automatically)", lnvault.ErrSealed)
+	case !ok:
+		return lnvault.CompactStats{}, fmt.Errorf("%w: the node compacts it by sending a snapshot in place of the changes before its head, which this storage cannot take (a reference backup server): it grows until it is re-initialised", lnvault.ErrSealed)
+	}
+	dir, err := os.MkdirTemp("", "lnvault-compact-")
+	if err != nil {
+		return lnvault.CompactStats{}, fmt.Errorf("compaction needs a temp directory (set TMPDIR to a writable one): %w", err)
+	}
+	defer os.RemoveAll(dir)
+	dbPath := filepath.Join(dir, "node.sqlite3")
+	v, err := b.src(ctx, dbPath)
+	if err != nil {
+		return lnvault.CompactStats{}, fmt.Errorf("compaction: copying the node's database: %w", err)
+	}
+	if err := b.waitPast(ctx, v); err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	b.mu.Lock()
+	m, found := b.hist.at(v)
+	e := b.envelope(lnvault.KindSnapshot)
+	b.mu.Unlock()
+	if !found {
+		return lnvault.CompactStats{}, fmt.Errorf("compaction: the node's database is at version %d, which this run has not written (a compaction needs the changes after it to be of this run): it runs again later", v)
+	}
+	e.index = m.next
+	pos := seal.Position{Index: m.next, Version: v, Kind: snapshotKind}
+	db, err := os.Open(dbPath)
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer db.Close()
+	st, err := db.Stat()
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	f, err := sealSnapshotFile(b.s, e, pos, m.chain, io.NewSectionReader(db, 0, st.Size()))
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer removeTemp(f)
+	fst, err := f.Stat()
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	cst, err := rb.Rebase(ctx, lnvault.NewSnapshot(v, io.NewSectionReader(f, 0, fst.Size())))
+	if errors.Is(err, lnvault.ErrNoRebase) {
+		err = fmt.Errorf("%w: the node compacts it, and %w; the backup grows until it is re-initialised", lnvault.ErrSealed, err)
+	}
+	return cst, err
+}
+
+// waitPast waits until the head is past v.
+func (b *Backend) waitPast(ctx context.Context, v uint32) error {
+	deadline := time.Now().Add(RebaseWait)
+	for {
+		h := b.inner.Metadata().Version
+		switch {
+		case h > v:
+			return nil
+		case h < v:
+			return fmt.Errorf("compaction: the node's database is at version %d, ahead of the backup's head %d", v, h)
+		case time.Now().After(deadline):
+			return fmt.Errorf("compaction: no change came within %v after the node's database was copied at version %d (the head must stay a change of its own): it runs again later", RebaseWait, v)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Stream opens and checks every change of the backup and passes the
@@ -323,3 +415,16 @@ func (h *history) drop() {
 }
 
 func (h *history) reset() { h.marks = h.marks[:0] }
+
+// at returns the mark of the last change of version v.
+func (h *history) at(v uint32) (histMark, bool) {
+	for i := len(h.marks) - 1; i >= 0; i-- {
+		if h.marks[i].version == v {
+			return h.marks[i], true
+		}
+		if h.marks[i].version < v {
+			break
+		}
+	}
+	return histMark{}, false
+}

@@ -11,13 +11,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/file"
 	"github.com/lnvault/lnvault/internal/backendtest"
 	"github.com/lnvault/lnvault/internal/corpus"
+	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/seal"
 )
 
@@ -432,4 +435,125 @@ func TestCompareHeads(t *testing.T) {
 	if n, rel := Compare([][]Mark{trails[1], tr}); n != -1 || rel[1].State != Forked {
 		t.Fatalf("a fork at the head: newest %d, %+v", n, rel)
 	}
+}
+
+// replayTo writes cs to a new database at dst, as the node's database
+// would be after committing them.
+func replayTo(ctx context.Context, dst string, cs []*lnvault.Change) (uint32, error) {
+	a, err := dbapply.Create(ctx, dst)
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range cs {
+		if err := a.Apply(ctx, c); err != nil {
+			a.Close(ctx)
+			return 0, err
+		}
+	}
+	return cs[len(cs)-1].Version, a.Finish(ctx)
+}
+
+// The node compacts its encrypted backup with a snapshot of its own
+// database while db_writes go on: the host's file shrinks to the sealed
+// snapshot and the changes after it, a restore with the identity is the
+// node's database, the head can still be rewound, and later changes and a
+// restart (a new generation) follow the snapshot.
+func TestNodeCompaction(t *testing.T) {
+	ctx := context.Background()
+	k := newKeys(t)
+	cs, err := corpus.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs = cs[:600]
+	url := "file://" + filepath.Join(t.TempDir(), "b.dbak")
+	open := func(create bool) *Backend {
+		inner, err := file.Open(ctx, url, lnvault.OpenOptions{Create: create, Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return New(inner, k.session(t), k.id)
+	}
+	b := open(true)
+	var mu sync.Mutex
+	n := 0 // changes appended (and so committed by the "node")
+	appendN := func(to int) {
+		for ; n < to; n++ {
+			mu.Lock()
+			err := b.Append(ctx, cs[n])
+			mu.Unlock()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}
+	appendN(200) // a first run: another generation
+	b.Close()
+	b = open(false)
+	appendN(400)
+	if _, err := b.Compact(ctx); !errors.Is(err, lnvault.ErrSealed) {
+		t.Fatalf("compaction without the node's database: %v, want ErrSealed", err)
+	}
+	at := 0
+	b.SetSnapshotSource(func(ctx context.Context, dst string) (uint32, error) {
+		mu.Lock()
+		at = n
+		mu.Unlock()
+		return replayTo(ctx, dst, cs[:at])
+	})
+	before, _ := b.Inner().Status(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); appendN(500) }()
+	st, err := b.Compact(ctx)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _ := b.Inner().Status(ctx)
+	t.Logf("compacted at change %d: %+v; file %d -> %d bytes", at, st, before.Size, after.Size)
+	if at <= 200 || st.After.VersionCount != uint64(1+500-at) {
+		t.Fatalf("compaction at change %d kept %d records, want the snapshot and the %d after it", at, st.After.VersionCount, 500-at)
+	}
+	wantDB := func(upto int) string {
+		h, err := dumphash.OfReplay(ctx, filepath.Join(t.TempDir(), "want.sqlite3"), cs[:upto])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	check := func(what string, upto int) {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "got.sqlite3")
+		a, err := dbapply.Create(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := NewReader(b.Inner(), []age.Identity{k.id}, &k.cfg.Backup)
+		if err := r.Stream(ctx, 0, func(c *lnvault.Change) error { return a.Apply(ctx, c) }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if err := a.Finish(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := dumphash.Of(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != wantDB(upto) {
+			t.Fatalf("%s: the restored database is not the node's after %d changes", what, upto)
+		}
+	}
+	check("after the compaction", 500)
+	if err := b.Rewind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after a rewind of the head", 499)
+	n = 499
+	appendN(550)
+	b.Close()
+	b = open(false)
+	defer b.Close()
+	appendN(600)
+	check("after a restart", 600)
 }

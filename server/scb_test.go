@@ -229,7 +229,7 @@ func TestSCBServerWithoutStore(t *testing.T) {
 	w, r := wire.NewWriter(c), wire.NewReader(c, wire.Limits{})
 	w.WriteFeatures(wire.TypeHello, []string{"scb", "future-thing"})
 	w.WriteEmpty(wire.TypeReqMetadata)
-	if p, err := r.Next(); err != nil || p.Type != wire.TypeFeatures || fmt.Sprint(p.Features) != "[compact takeover delete]" {
+	if p, err := r.Next(); err != nil || p.Type != wire.TypeFeatures || fmt.Sprint(p.Features) != "[compact takeover delete rebase]" {
 		t.Fatalf("%+v %v", p, err)
 	}
 	if p, err := r.Next(); err != nil || p.Type != wire.TypeMetadata || p.Protocol != 1 {

@@ -298,6 +298,11 @@ type conn struct {
 	// compactAside: the client asked for FeatureCompact, so its COMPACT
 	// does not need (nor take) the writer role.
 	compactAside bool
+	// rebaseAside: the client asked for FeatureRebase; rebaseNext: it sent
+	// REBASE, so its next SNAPSHOT is a rebase (admitted without the writer
+	// role).
+	rebaseAside bool
+	rebaseNext  atomic.Bool
 	// token names the client process behind the connection (HELLO's
 	// writer feature), "" when it gave none.
 	token string
@@ -327,7 +332,9 @@ func (c *conn) serve() {
 	rd := wire.NewReader(c.nc, s.cfg.Limits)
 	// A change from a connection that cannot be the writer is refused from
 	// its header: never inflated nor spooled.
-	rd.Admit = func(wire.Type, uint32) bool { return s.mayWriteSoon(c) }
+	rd.Admit = func(t wire.Type, _ uint32) bool {
+		return t == wire.TypeSnapshot && c.rebaseNext.Load() || s.mayWriteSoon(c)
+	}
 	defer func() {
 		rd.Close()
 		c.nc.Close()
@@ -444,7 +451,12 @@ func (c *conn) nack(reason string, log *slog.Logger, args ...any) error {
 // handle answers one request. An error closes the connection.
 func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 	s := c.s
+	if p.Type == wire.TypeSnapshot && c.rebaseNext.Swap(false) {
+		return c.rebase(p.Change, log)
+	}
 	switch p.Type {
+	case wire.TypeRebase:
+		return c.startRebase(log)
 	case wire.TypeChange, wire.TypeSnapshot:
 		if p.Skipped {
 			return c.nack("second_writer", log, "version", p.Version, "detail", "another connection is the writer of this backup (the change was discarded unread)")
@@ -571,6 +583,55 @@ func (c *conn) compact(log *slog.Logger) {
 	}
 }
 
+// startRebase takes REBASE: the next SNAPSHOT is the client's snapshot of
+// its own database. Refused (EXT_ERROR) unless the connection asked for
+// the feature and the store can take it.
+func (c *conn) startRebase(log *slog.Logger) error {
+	s := c.s
+	refuse := func(reason, msg string) error {
+		s.m.refusals.WithLabelValues(reason).Inc()
+		log.Warn("rebase refused", "reason", reason, "detail", msg)
+		return c.send(func(w *wire.Writer) error { return w.WriteExtError("not rebased: " + msg) })
+	}
+	if _, ok := s.b.(lnvault.Rebaser); !ok {
+		return refuse("rebase_unsupported", "this server's store cannot take a snapshot from its client")
+	}
+	if !c.rebaseAside {
+		return refuse("rebase_unasked", "REBASE on a connection that did not ask for the rebase feature in HELLO")
+	}
+	c.rebaseNext.Store(true)
+	return nil
+}
+
+// rebase stores the client's snapshot in place of the changes up to its
+// version, beside the writer's appends, and answers COMPACT_RES.
+func (c *conn) rebase(snap *lnvault.Change, log *slog.Logger) error {
+	s := c.s
+	s.mu.Lock()
+	busy := s.compacting
+	s.compacting = true
+	s.mu.Unlock()
+	if busy {
+		s.m.refusals.WithLabelValues("compacting").Inc()
+		return c.send(func(w *wire.Writer) error {
+			return w.WriteExtError("not rebased: a compaction is running; try again when it is done")
+		})
+	}
+	start := time.Now()
+	st, err := s.b.(lnvault.Rebaser).Rebase(s.ctx, snap)
+	// Done before the answer goes out: a client may ask again at once.
+	s.mu.Lock()
+	s.compacting = false
+	s.mu.Unlock()
+	if err != nil {
+		log.Warn("rebase failed", "version", snap.Version, "err", err)
+		return c.send(func(w *wire.Writer) error { return w.WriteExtError("not rebased: " + err.Error()) })
+	}
+	log.Info("rebased on the client's snapshot", "version", snap.Version, "before_bytes", st.Before.BackupSize, "after_bytes", st.After.BackupSize,
+		"before_changes", st.Before.VersionCount, "after_changes", st.After.VersionCount, "took", time.Since(start))
+	return c.send(func(w *wire.Writer) error { return w.WriteCompactResult(st) })
+}
+
 // delete empties the backup on a client's request (`lnvault delete
 // socket:...`), if c may write, no compaction runs and the head is still
 // version head, the one the user agreed to delete; it answers the empty
@@ -661,7 +722,11 @@ func (c *conn) handleExt(p wire.Packet, log *slog.Logger) error {
 		if _, ok := s.b.(lnvault.Emptier); ok {
 			features = append(features, wire.FeatureDelete)
 		}
+		if _, ok := s.b.(lnvault.Rebaser); ok {
+			features = append(features, wire.FeatureRebase)
+		}
 		c.compactAside = slices.Contains(p.Features, wire.FeatureCompact)
+		c.rebaseAside = slices.Contains(p.Features, wire.FeatureRebase)
 		c.token = wire.WriterToken(p.Features)
 		log.Debug("extension hello", "client_features", p.Features, "features", features)
 		return c.send(func(w *wire.Writer) error { return w.WriteFeatures(wire.TypeFeatures, features) })

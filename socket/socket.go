@@ -652,6 +652,43 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	return st, err
 }
 
+// Rebase sends the node's snapshot over a connection of its own (REBASE,
+// then the SNAPSHOT), so appends on the main connection go on; the server
+// replaces the changes up to its version with it. A server that does not
+// offer it (the reference, an older lnvault server) gives
+// lnvault.ErrNoRebase.
+func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.CompactStats, error) {
+	if b.opts.ReadOnly {
+		return lnvault.CompactStats{}, errors.New("socket backend opened read-only: cannot rebase")
+	}
+	c, err := dialExt(ctx, b.cfg, wire.FeatureRebase, 0, min(asideHelloTimeout, b.cfg.Timeout), true)
+	if err != nil {
+		var ne *noExtError
+		if errors.As(err, &ne) {
+			return lnvault.CompactStats{}, fmt.Errorf("%w: backup server %s does not offer it (%s)", lnvault.ErrNoRebase, b.cfg.Addr(), ne.Error())
+		}
+		return lnvault.CompactStats{}, err
+	}
+	defer c.close()
+	c.ic.timeout = b.cfg.CompactTimeout
+	c.nc.SetWriteDeadline(time.Now().Add(b.cfg.CompactTimeout))
+	err = c.wr.WriteEmpty(wire.TypeRebase)
+	if err == nil {
+		err = c.wr.WriteChange(snap)
+	}
+	if err != nil {
+		if isNetErr(err) {
+			return lnvault.CompactStats{}, b.cfg.netErr(ctx, op{name: "REBASE"}, "sending", b.cfg.CompactTimeout, err)
+		}
+		return lnvault.CompactStats{}, err
+	}
+	p, err := c.next(ctx, "REBASE")
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	return b.compactAnswer(p)
+}
+
 // compactAnswer reads the answer to COMPACT.
 func (b *Backend) compactAnswer(p wire.Packet) (lnvault.CompactStats, error) {
 	switch p.Type {

@@ -24,6 +24,7 @@ const (
 	TypeSCBData     Type = 0x26 // server: one static channel backup envelope
 	TypeExtError    Type = 0x27 // server: why an extension request failed (UTF-8)
 	TypeDelete      Type = 0x28 // client: u32, the head version the user agreed to delete
+	TypeRebase      Type = 0x29 // client: empty; the next SNAPSHOT on the connection is a rebase
 )
 
 // FeatureSCB is the feature a server offers when it keeps static channel
@@ -44,6 +45,12 @@ const FeatureTakeover = "takeover"
 // FeatureDelete: the server deletes the backup it serves on request
 // (DELETE, see the package documentation) and goes on serving it empty.
 const FeatureDelete = "delete"
+
+// FeatureRebase: the server takes a snapshot built by its client in place
+// of the changes up to the snapshot's version (REBASE, then the SNAPSHOT,
+// answered with COMPACT_RES or EXT_ERROR), on a connection that is not the
+// writer's: the node compacts an end-to-end encrypted backup this way.
+const FeatureRebase = "rebase"
 
 // WriterTokenPrefix starts the HELLO feature that names a writer: the
 // prefix and 16 lowercase hex digits.
@@ -82,7 +89,7 @@ const (
 
 const (
 	extFirst = TypeHello
-	extLast  = TypeDelete
+	extLast  = TypeRebase
 )
 
 // extNames names the extension packet types, from extFirst.
@@ -90,6 +97,7 @@ var extNames = [extLast - extFirst + 1]string{
 	TypeHello - extFirst: "HELLO", TypeFeatures - extFirst: "FEATURES", TypeSCBPut - extFirst: "SCB_PUT",
 	TypeSCBList - extFirst: "SCB_LIST", TypeSCBVersions - extFirst: "SCB_VERSIONS", TypeSCBGet - extFirst: "SCB_GET",
 	TypeSCBData - extFirst: "SCB_DATA", TypeExtError - extFirst: "EXT_ERROR", TypeDelete - extFirst: "DELETE",
+	TypeRebase - extFirst: "REBASE",
 }
 
 // SCBVersion is the metadata of one stored static channel backup version, as
@@ -239,7 +247,7 @@ func (rd *Reader) readExt(p *Packet) error {
 		max = maxFeatures
 	case TypeSCBPut, TypeSCBData, TypeSCBVersions:
 		max = rd.lim.MaxSCB
-	case TypeSCBList:
+	case TypeSCBList, TypeRebase:
 		max = 0
 	case TypeSCBGet:
 		max = maxSelector

@@ -63,6 +63,7 @@ func TestExtRoundTrip(t *testing.T) {
 		w.WriteSCB(TypeSCBData, nil),
 		w.WriteExtError("line one\nline two \xff"),
 		w.WriteVersion(TypeDelete, 70000),
+		w.WriteEmpty(TypeRebase),
 	}
 	for i, err := range steps {
 		if err != nil {
@@ -107,13 +108,16 @@ func TestExtRoundTrip(t *testing.T) {
 	if p := next(TypeDelete); p.Version != 70000 || !p.HasVersion {
 		t.Fatalf("DELETE carried %d (%v)", p.Version, p.HasVersion)
 	}
+	if p := next(TypeRebase); p.Len != 0 {
+		t.Fatalf("REBASE of %d bytes", p.Len)
+	}
 	if _, err := r.Next(); err != io.EOF {
 		t.Fatal(err)
 	}
 	if s := TypeSCBVersions.String(); s != "SCB_VERSIONS" {
 		t.Fatal(s)
 	}
-	if s := Type(0x29).String(); s != "type(0x29)" {
+	if s := Type(0x2a).String(); s != "type(0x2a)" {
 		t.Fatal(s)
 	}
 }
@@ -138,7 +142,8 @@ func TestExtBadInput(t *testing.T) {
 		{"truncated scb_data", packet(TypeSCBData, make([]byte, 100))[:50], Limits{}, io.ErrUnexpectedEOF, "SCB_DATA"},
 		{"delete short", packet(TypeDelete, []byte{0, 0, 1}), Limits{}, ErrMalformed, "DELETE payload must be 4 bytes"},
 		{"delete long", packet(TypeDelete, make([]byte, 8)), Limits{}, ErrMalformed, "DELETE payload must be 4 bytes"},
-		{"unknown ext", packet(0x29, nil), Limits{}, ErrMalformed, "unknown packet type 0x29"},
+		{"unknown ext", packet(0x2a, nil), Limits{}, ErrMalformed, "unknown packet type 0x2a"},
+		{"rebase with payload", packet(TypeRebase, []byte{1}), Limits{}, ErrMalformed, "REBASE must have an empty payload"},
 	}
 	checkBadInput(t, tests)
 }

@@ -55,6 +55,12 @@
 //     0, and answers METADATA. It is refused with EXT_ERROR while another
 //     connection is the writer (lightningd's plugin), while a compaction
 //     runs, or when the head is no longer that version.
+//   - "rebase": REBASE (0x29, empty) on a connection that asked for it says
+//     that the next SNAPSHOT on it replaces every change up to the
+//     snapshot's version (at least the head must come after it); the server
+//     answers COMPACT_RES, or EXT_ERROR saying why nothing changed. The node
+//     compacts an end-to-end encrypted backup, which its server cannot
+//     read, this way, while its appends go on over its first connection.
 package wire
 
 import (

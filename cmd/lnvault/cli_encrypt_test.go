@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/s3test"
@@ -180,6 +182,85 @@ func TestEncryptedBackupHostsHoldOnlyCiphertext(t *testing.T) {
 	r = mustRun(t, "status", "--identity", idFile, urls[0])
 	if !strings.Contains(r.stdout, "authenticated:  version 2992") {
 		t.Fatalf("status with the identity does not show the authenticated head:\n%s", r.stdout)
+	}
+	srv.stop()
+}
+
+// The node compacts its encrypted backup (backup-compact) from a copy of
+// its own database while db_writes go on, at a file:, an lnvault server and
+// s3:// at once; each shrinks, and restores with the identity to the
+// node's database.
+func TestEncryptedCompactionByTheNode(t *testing.T) {
+	ep, bkt := s3test.Start(t)
+	dir := t.TempDir()
+	srv := startServer(t, "file://"+filepath.Join(dir, "server.dbak"), "127.0.0.1:0", "--create")
+	urls := []string{"file://" + filepath.Join(dir, "node.dbak"), "socket:" + srv.Addr, s3test.URL(ep, bkt, "node")}
+	h, err := harness.New(harness.Config{Bin: lnvaultBin, Dir: filepath.Join(dir, "lightning")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	const cut = 100
+	replayCorpus(t, h.NodeDBPath(), cut)
+	idFile := filepath.Join(dir, "lnvault.key")
+	mustRun(t, append(append([]string{"init"}, urls...), "--lightning-dir", h.NetDir(), "--force", "--new-identity", idFile)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var reqs []corpus.Request
+	for _, q := range corpus.MustLoad() {
+		if q.DataVersion > cut {
+			reqs = append(reqs, q)
+		}
+	}
+	half := len(reqs) / 2
+	if err := h.Replay(ctx, reqs[:half], 1); err != nil {
+		t.Fatalf("replay: %v\nplugin stderr: %s", err, h.Stderr())
+	}
+	h.ResetLatencies()
+	type result struct {
+		raw json.RawMessage
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		raw, err := h.Request(ctx, "backup-compact", nil)
+		done <- result{raw, err}
+	}()
+	if err := h.Replay(ctx, reqs[half:], 1); err != nil {
+		t.Fatalf("replay: %v\nplugin stderr: %s", err, h.Stderr())
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("backup-compact: %v\nplugin stderr: %s", res.err, h.Stderr())
+	}
+	var stats map[string]lnvault.CompactStats
+	if err := json.Unmarshal(res.raw, &stats); err != nil {
+		t.Fatalf("backup-compact answered %s: %v", res.raw, err)
+	}
+	for _, u := range urls {
+		st, ok := stats[u]
+		if !ok || st.After.VersionCount >= st.Before.VersionCount {
+			t.Fatalf("%s: compaction stats %+v (present %v), want fewer changes after", u, st, ok)
+		}
+	}
+	lat := harness.Summarize(h.Latencies())
+	t.Logf("node compaction beside %d db_writes (ack p50 %v, p99 %v, max %v): %s", lat.N, lat.P50, lat.P99, lat.Max, res.raw)
+	if code, err := h.Stop(ctx); err != nil || code != 0 {
+		t.Fatalf("plugin exit %d: %v\nstderr: %s", code, err, h.Stderr())
+	}
+	want := dumpOf(t, h.NodeDBPath())
+	if want != corpus.FinalDumpSHA256() {
+		t.Fatalf("the node's database is not the corpus's final one")
+	}
+	for _, u := range urls {
+		dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+		mustRun(t, "restore", "--identity", idFile, u, dest)
+		if got := dumpOf(t, dest); got != want {
+			t.Fatalf("restore of %s after the node's compaction: dump %s, want %s", u, got, want)
+		}
 	}
 	srv.stop()
 }
