@@ -13,12 +13,13 @@
 //   - From the data key, HKDF-SHA256 derives the sealing key of the changes
 //     (XChaCha20-Poly1305) and the MAC key of the head (HMAC-SHA256).
 //
-// Each change is sealed (Key.Seal) with a random 24-byte nonce and
+// Each change is sealed (Key.Seal) with a 24-byte nonce never repeated
+// under its key (random per key, then counted) and
 // associated data binding the backup's id, the generation, the change's
 // index in the generation, its version and its kind: a change moved to
 // another place, another backup or another generation fails to open, naming
-// where it was found. Plaintexts are padded to a few size buckets
-// (PaddedLen) so that sizes say less about what changed.
+// where it was found. Plaintexts are padded (PaddedLen, Padmé) so
+// that sizes say less about what changed.
 //
 // A Chain hashes the sealed changes in order; a Head (version, index count,
 // chain) is MACed under the head key (Key.SignHead), so a host can neither
@@ -38,6 +39,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
+	"sync/atomic"
 
 	"filippo.io/age"
 	"golang.org/x/crypto/chacha20poly1305"
@@ -66,6 +69,11 @@ type Key struct {
 	raw    [32]byte
 	aead   cipher.AEAD
 	mac    [32]byte
+	// Nonces: 16 random bytes drawn once per key, then a counter, so none
+	// repeats under the key (a rewound change sealed again gets a new one)
+	// and the ack path makes no getrandom call.
+	nonceBase [16]byte
+	nonces    atomic.Uint64
 }
 
 // NewKey returns a new random data key for generation gen of backup.
@@ -79,6 +87,9 @@ func NewKey(backup BackupID, gen uint64) (*Key, error) {
 
 func newKey(backup BackupID, gen uint64, raw [32]byte) (*Key, error) {
 	k := &Key{backup: backup, gen: gen, raw: raw}
+	if _, err := rand.Read(k.nonceBase[:]); err != nil {
+		return nil, fmt.Errorf("seal: random nonce base: %w", err)
+	}
 	var sk [chacha20poly1305.KeySize]byte
 	kdf := hkdf.New(sha256.New, raw[:], backup[:], []byte("lnvault seal v1 changes"))
 	if _, err := io.ReadFull(kdf, sk[:]); err != nil {
@@ -195,25 +206,26 @@ const Overhead = chacha20poly1305.NonceSizeX + chacha20poly1305.Overhead
 const lenPrefix = 4
 
 // PaddedLen is the size n bytes of plaintext (with their length prefix)
-// are padded to: 256 bytes at least, then the next power of two up to 64 KiB,
-// then a multiple of 64 KiB. With padding off, only the prefix is added.
+// are padded to: 256 bytes at least, then Padmé (Nikitin et al., "Reducing
+// Metadata Leakage from Encrypted Files and Communication with PURBs",
+// 2019): the length rounded up so that it keeps only its top
+// floor(log2(floor(log2 L)))+1 bits, which hides all but O(log log L) bits of
+// the size at a cost of at most 12 % (powers of two would cost up to 100 %,
+// and a db_write's ack pays for every byte). With padding off, only the
+// prefix is added.
 func PaddedLen(n int, pad bool) int {
 	n += lenPrefix
 	if !pad {
 		return n
 	}
-	const small, large = 256, 64 << 10
-	switch {
-	case n <= small:
+	const small = 256
+	if n <= small {
 		return small
-	case n <= large:
-		p := small
-		for p < n {
-			p <<= 1
-		}
-		return p
 	}
-	return (n + large - 1) / large * large
+	e := bits.Len(uint(n)) - 1 // floor(log2 n)
+	s := bits.Len(uint(e))     // floor(log2 e) + 1
+	mask := 1<<(e-s) - 1
+	return (n + mask) &^ mask
 }
 
 // Seal appends the sealed plaintext at pos to dst: nonce, then the
@@ -226,9 +238,8 @@ func (k *Key) Seal(dst []byte, pos Position, plaintext []byte, pad bool) ([]byte
 	padded := PaddedLen(len(plaintext), pad)
 	dst = grow(dst, chacha20poly1305.NonceSizeX+padded+chacha20poly1305.Overhead)
 	nonce := dst[start : start+chacha20poly1305.NonceSizeX]
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, fmt.Errorf("seal: random nonce: %w", err)
-	}
+	copy(nonce, k.nonceBase[:])
+	binary.BigEndian.PutUint64(nonce[16:], k.nonces.Add(1))
 	body := dst[start+chacha20poly1305.NonceSizeX : start+chacha20poly1305.NonceSizeX+padded]
 	binary.BigEndian.PutUint32(body, uint32(len(plaintext)))
 	copy(body[lenPrefix:], plaintext)

@@ -190,11 +190,19 @@ func TestPaddedLen(t *testing.T) {
 		pad  bool
 		want int
 	}{
-		{0, true, 256}, {252, true, 256}, {253, true, 512}, {1000, true, 1024}, {4092, true, 4096},
-		{65532, true, 65536}, {65533, true, 131072}, {200000, true, 262144}, {10, false, 14},
+		{0, true, 256}, {252, true, 256}, {253, true, 272}, {1000, true, 1024}, {1200, true, 1216},
+		{4092, true, 4096}, {65532, true, 65536}, {65533, true, 67584}, {200000, true, 200704}, {10, false, 14},
 	} {
 		if got := PaddedLen(tc.n, tc.pad); got != tc.want {
 			t.Errorf("PaddedLen(%d, %v) = %d, want %d", tc.n, tc.pad, got, tc.want)
+		}
+	}
+	// Padmé's bound: never more than 12 % over, and a padded size is
+	// shared by a whole range of sizes.
+	for n := 300; n < 1<<22; n = n*9/8 + 1 {
+		p := PaddedLen(n, true)
+		if p < n+lenPrefix || float64(p) > 1.12*float64(n+lenPrefix) {
+			t.Fatalf("PaddedLen(%d) = %d: outside [n+4, 1.12(n+4)]", n, p)
 		}
 	}
 }

@@ -1,7 +1,7 @@
 package sealed
 
 import (
-	"encoding/base64"
+	"encoding/ascii85"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -79,8 +79,8 @@ func (r *opener) open(c *lnvault.Change) (*lnvault.Change, error) {
 	)
 	if c.Kind == lnvault.KindTransaction {
 		s := c.Statements[0][len(lnvault.SealedPrefix):]
-		if r.raw, err = base64.StdEncoding.AppendDecode(r.raw[:0], []byte(s)); err != nil {
-			return nil, corrupt(c.Version, "sealed transaction is not valid base64: %v", err)
+		if r.raw, err = decode85(r.raw, s); err != nil {
+			return nil, corrupt(c.Version, "sealed transaction is not valid Ascii85: %v", err)
 		}
 		e, body, err = parseHeader(r.raw)
 	} else {
@@ -189,6 +189,20 @@ func (r *opener) place(e envelope, c *lnvault.Change) error {
 	}
 	r.chain = seal.Chain{}
 	return nil
+}
+
+// decode85 decodes an Ascii85 statement into buf (reused). A 'z' stands
+// for four zero bytes, so the output can be four times the input.
+func decode85(buf []byte, s string) ([]byte, error) {
+	if cap(buf) < 4*len(s) {
+		buf = make([]byte, 4*len(s))
+	}
+	buf = buf[:cap(buf)]
+	n, m, err := ascii85.Decode(buf, []byte(s), true)
+	if err == nil && m != len(s) {
+		err = fmt.Errorf("%d of %d characters decoded", m, len(s))
+	}
+	return buf[:n], err
 }
 
 // readSnapshotHeader decodes a sealed snapshot's header and returns where

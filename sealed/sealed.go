@@ -7,7 +7,7 @@
 // What a host sees of a change is its version and kind (it needs them to
 // keep the protocol's continuity rules), its generation and index, its
 // size in buckets and when it came. A sealed transaction travels as one
-// statement, SealedPrefix + base64 (invalid SQL, so a host that tries to
+// statement, SealedPrefix + Ascii85 (invalid SQL, so a host that tries to
 // apply it fails, naming it, rather than building a wrong database); a
 // sealed snapshot as SealedSnapshotMagic + header + chunks.
 //
