@@ -229,8 +229,9 @@ type SnapshotSource func(ctx context.Context, dst string) (uint32, error)
 func (b *Backend) SetSnapshotSource(src SnapshotSource) { b.src = src }
 
 // RebaseWait bounds how long Compact waits for a change past the node's
-// snapshot (the head must stay a change of its own); a variable for tests.
-var RebaseWait = 10 * time.Minute
+// snapshot (the head must stay a change of its own). A shadow copy is
+// behind the head already (package shadow), so this is a safety net.
+var RebaseWait = 30 * time.Second
 
 // Compact is the node's: a host cannot build a snapshot from ciphertext.
 // It copies the node's database at some version v, waits until the

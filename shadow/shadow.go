@@ -151,19 +151,31 @@ func (s *Shadow) run() {
 	for {
 		select {
 		case <-s.stop:
-			s.apply()
+			s.apply(true)
 			return
 		case <-s.wake:
-			s.apply()
+			s.apply(false)
 		}
 	}
 }
 
-// apply applies what is queued in one transaction.
-func (s *Shadow) apply() {
+// apply applies what is queued in one transaction, but for the newest
+// change unless the shadow is closing: lightningd may never commit that one
+// (it crashed before), and a copy of the shadow is then always behind the
+// backup's head, as the snapshot of a compaction must be (the head stays a
+// change of its own).
+func (s *Shadow) apply(all bool) {
 	s.qmu.Lock()
 	batch := s.queue
 	s.queue, s.qbytes = nil, 0
+	if !all && len(batch) > 0 {
+		last := batch[len(batch)-1]
+		batch = batch[:len(batch)-1]
+		s.queue = append(s.queue, last)
+		for _, st := range last.Statements {
+			s.qbytes += int64(len(st))
+		}
+	}
 	broken := s.broken
 	s.qmu.Unlock()
 	if len(batch) == 0 || broken != nil {
@@ -233,7 +245,9 @@ func (s *Shadow) Copy(ctx context.Context, dst string) (uint32, error) {
 	return v, nil
 }
 
-// Close applies what is queued and closes the shadow.
+// Close applies what is queued (lightningd committed the last change when it
+// stops cleanly; if not, the next Align sees the shadow ahead and copies the
+// node's database anew) and closes the shadow.
 func (s *Shadow) Close() error {
 	if s.done == nil {
 		return nil
