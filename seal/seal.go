@@ -11,7 +11,7 @@
 //     file holding the key, the backup's id and the generation). Only an
 //     identity unwraps it (Unwrap).
 //   - From the data key, HKDF-SHA256 derives the sealing key of the changes
-//     (XChaCha20-Poly1305) and the MAC key of the head (HMAC-SHA256).
+//     (XChaCha20-Poly1305).
 //
 // Each change is sealed (Key.Seal) with a 24-byte nonce never repeated
 // under its key (random per key, then counted) and
@@ -21,18 +21,18 @@
 // where it was found. Plaintexts are padded (PaddedLen, Padmé) so
 // that sizes say less about what changed.
 //
-// A Chain hashes the sealed changes in order; a Head (version, index count,
-// chain) is MACed under the head key (Key.SignHead), so a host can neither
-// forge a head nor drop changes from the middle or the end without
-// VerifyHead or the chain check failing. A host can still serve an older,
-// genuine head: restoring from several destinations and taking the newest
-// authenticated head is what detects that.
+// A Chain hashes a generation's changes in order over their plaintexts and
+// places; the head of a backup is its last change, authenticated by its
+// seal, with the chain up to it. A host can neither forge a head nor drop
+// changes from the middle without the seal, the index or the chain check
+// failing. A host can still serve an older, genuine head: restoring from
+// several destinations and taking the newest authenticated head (package
+// sealed) is what detects that.
 package seal
 
 import (
 	"bytes"
 	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -68,7 +68,6 @@ type Key struct {
 	gen    uint64
 	raw    [32]byte
 	aead   cipher.AEAD
-	mac    [32]byte
 	// Nonces: 16 random bytes drawn once per key, then a counter, so none
 	// repeats under the key (a rewound change sealed again gets a new one)
 	// and the ack path makes no getrandom call.
@@ -93,10 +92,6 @@ func newKey(backup BackupID, gen uint64, raw [32]byte) (*Key, error) {
 	var sk [chacha20poly1305.KeySize]byte
 	kdf := hkdf.New(sha256.New, raw[:], backup[:], []byte("lnvault seal v1 changes"))
 	if _, err := io.ReadFull(kdf, sk[:]); err != nil {
-		return nil, err
-	}
-	kdf = hkdf.New(sha256.New, raw[:], backup[:], []byte("lnvault seal v1 head"))
-	if _, err := io.ReadFull(kdf, k.mac[:]); err != nil {
 		return nil, err
 	}
 	aead, err := chacha20poly1305.NewX(sk[:])
@@ -150,21 +145,21 @@ func Unwrap(wrapped []byte, backup BackupID, gen uint64, identities ...age.Ident
 	}
 	r, err := age.Decrypt(bytes.NewReader(wrapped), identities...)
 	if err != nil {
-		return nil, fmt.Errorf("seal: unwrapping the data key of generation %d: %w", gen, err)
+		return nil, fmt.Errorf("seal: unwrapping the data key of generation %016x: %w", gen, err)
 	}
 	p, err := io.ReadAll(io.LimitReader(r, 256))
 	if err != nil {
-		return nil, fmt.Errorf("seal: unwrapping the data key of generation %d: %w", gen, err)
+		return nil, fmt.Errorf("seal: unwrapping the data key of generation %016x: %w", gen, err)
 	}
 	n := len(wrapMagic)
 	if len(p) != n+16+8+32 || string(p[:n]) != wrapMagic {
-		return nil, fmt.Errorf("seal: the wrapped key of generation %d is not an lnvault data key", gen)
+		return nil, fmt.Errorf("seal: the wrapped key of generation %016x is not an lnvault data key", gen)
 	}
 	var id BackupID
 	copy(id[:], p[n:])
 	g := binary.BigEndian.Uint64(p[n+16:])
 	if id != backup || g != gen {
-		return nil, fmt.Errorf("%w: the data key found for generation %d of backup %x is the key of generation %d of backup %x", ErrOpen, gen, backup, g, id)
+		return nil, fmt.Errorf("%w: the data key found for generation %016x of backup %x is the key of generation %016x of backup %x", ErrOpen, gen, backup, g, id)
 	}
 	var raw [32]byte
 	copy(raw[:], p[n+24:])
@@ -253,14 +248,14 @@ func (k *Key) Seal(dst []byte, pos Position, plaintext []byte, pad bool) ([]byte
 // at pos with this key; anything else is an ErrOpen naming pos.
 func (k *Key) Open(dst []byte, pos Position, sealed []byte) ([]byte, error) {
 	if len(sealed) < Overhead+lenPrefix {
-		return nil, fmt.Errorf("%w: change %d (version %d) of generation %d is %d bytes, too short to be sealed", ErrOpen, pos.Index, pos.Version, k.gen, len(sealed))
+		return nil, fmt.Errorf("%w: change %d (version %d) of generation %016x is %d bytes, too short to be sealed", ErrOpen, pos.Index, pos.Version, k.gen, len(sealed))
 	}
 	nonce, ct := sealed[:chacha20poly1305.NonceSizeX], sealed[chacha20poly1305.NonceSizeX:]
 	var adBuf [64]byte
 	start := len(dst)
 	out, err := k.aead.Open(dst, nonce, ct, k.ad(adBuf[:0], pos))
 	if err != nil {
-		return nil, fmt.Errorf("%w: change %d (version %d) of generation %d was altered, moved from another place, or sealed with another key", ErrOpen, pos.Index, pos.Version, k.gen)
+		return nil, fmt.Errorf("%w: change %d (version %d) of generation %016x was altered, moved from another place, or sealed with another key", ErrOpen, pos.Index, pos.Version, k.gen)
 	}
 	body := out[start:]
 	n := binary.BigEndian.Uint32(body)
@@ -302,54 +297,4 @@ func (c Chain) Next(pos Position, plaintext []byte) Chain {
 	var out Chain
 	h.Sum(out[:0])
 	return out
-}
-
-// Head is the authenticated state of a generation: its last version, how
-// many changes it holds, and the chain of them.
-type Head struct {
-	Version uint32
-	Count   uint64
-	Chain   Chain
-}
-
-const headMagic = "lnvault head v1"
-
-// headLen is an encoded head: magic, backup, generation, version, count,
-// chain, MAC.
-const headLen = len(headMagic) + 16 + 8 + 4 + 8 + sha256.Size + sha256.Size
-
-// SignHead encodes h with its MAC under the head key.
-func (k *Key) SignHead(h Head) []byte {
-	b := make([]byte, 0, headLen)
-	b = append(b, headMagic...)
-	b = append(b, k.backup[:]...)
-	b = binary.BigEndian.AppendUint64(b, k.gen)
-	b = binary.BigEndian.AppendUint32(b, h.Version)
-	b = binary.BigEndian.AppendUint64(b, h.Count)
-	b = append(b, h.Chain[:]...)
-	m := hmac.New(sha256.New, k.mac[:])
-	m.Write(b)
-	return m.Sum(b)
-}
-
-// VerifyHead decodes a head signed by SignHead with this key.
-func (k *Key) VerifyHead(b []byte) (Head, error) {
-	if len(b) != headLen || string(b[:len(headMagic)]) != headMagic {
-		return Head{}, fmt.Errorf("%w: the head of generation %d is not an lnvault head (%d bytes)", ErrOpen, k.gen, len(b))
-	}
-	body, sum := b[:headLen-sha256.Size], b[headLen-sha256.Size:]
-	m := hmac.New(sha256.New, k.mac[:])
-	m.Write(body)
-	if !hmac.Equal(m.Sum(nil), sum) {
-		return Head{}, fmt.Errorf("%w: the head of generation %d was altered or made with another key", ErrOpen, k.gen)
-	}
-	p := body[len(headMagic):]
-	var id BackupID
-	copy(id[:], p)
-	if id != k.backup || binary.BigEndian.Uint64(p[16:]) != k.gen {
-		return Head{}, fmt.Errorf("%w: the head found for generation %d belongs to another backup or generation", ErrOpen, k.gen)
-	}
-	h := Head{Version: binary.BigEndian.Uint32(p[24:]), Count: binary.BigEndian.Uint64(p[28:])}
-	copy(h.Chain[:], p[36:])
-	return h, nil
 }

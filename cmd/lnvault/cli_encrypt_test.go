@@ -264,3 +264,91 @@ func TestEncryptedCompactionByTheNode(t *testing.T) {
 	}
 	srv.stop()
 }
+
+// runPlugin replays reqs through the real plugin in dir (one run of the
+// node: one generation of the encrypted backup).
+func runPlugin(t *testing.T, dir string, reqs []corpus.Request) {
+	t.Helper()
+	h, err := harness.New(harness.Config{Bin: lnvaultBin, Dir: dir, NoNodeDB: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Replay(ctx, reqs, 1); err != nil {
+		t.Fatalf("replay: %v\nplugin stderr: %s", err, h.Stderr())
+	}
+	if code, err := h.Stop(ctx); err != nil || code != 0 {
+		t.Fatalf("plugin exit %d: %v\nstderr: %s", code, err, h.Stderr())
+	}
+}
+
+// A host that serves an older copy of an encrypted backup is named by
+// verify (exit 2) and by a restore from several destinations, which takes
+// the newest; a host that alters a change is named by restore, which
+// writes nothing.
+func TestEncryptedDestinationBehindOrAltered(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.dbak"), filepath.Join(dir, "b.dbak")
+	node := filepath.Join(dir, "lightning")
+	netDir := filepath.Join(node, "regtest")
+	if err := os.MkdirAll(netDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const cut = 100
+	replayCorpus(t, filepath.Join(netDir, "lightningd.sqlite3"), cut)
+	idFile := filepath.Join(dir, "id.key")
+	mustRun(t, "init", "file://"+a, "file://"+b, "--format", "1", "--lightning-dir", netDir, "--force", "--new-identity", idFile)
+	var reqs []corpus.Request
+	for _, q := range corpus.MustLoad() {
+		if q.DataVersion > cut {
+			reqs = append(reqs, q)
+		}
+	}
+	half := len(reqs) / 2
+	runPlugin(t, node, reqs[:half])
+	old, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPlugin(t, node, reqs[half:])
+	// b's host rolls back to the copy it kept.
+	if err := os.WriteFile(b, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, "verify", "--identity", idFile, "file://"+a, "file://"+b)
+	if r.code != 2 || !strings.Contains(r.stderr, "file://"+b+" is BEHIND") || !strings.Contains(r.stdout, "newest: file://"+a) {
+		t.Fatalf("verify of a destination rolled back: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+	r = mustRun(t, "restore", "--identity", idFile, "file://"+b, "file://"+a, dest)
+	if !strings.Contains(r.stderr, "WARNING: file://"+b+" is BEHIND") || !strings.Contains(r.stderr, "versions behind") {
+		t.Fatalf("restore from both does not name the one behind:\n%s", r.stderr)
+	}
+	t.Logf("restore from both:\n%s", r.stderr)
+	if got := dumpOf(t, dest); got != corpus.FinalDumpSHA256() {
+		t.Fatalf("restore from both: dump %s, want the newest's %s", got, corpus.FinalDumpSHA256())
+	}
+
+	// a's host alters one byte of a sealed change in the middle.
+	data, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data[len(data)/2:], []byte(lnvault.SealedPrefix)) + len(data)/2 + len(lnvault.SealedPrefix) + 100
+	data[at]++
+	if err := os.WriteFile(a, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dest = filepath.Join(t.TempDir(), "x.sqlite3")
+	r = runCLI(t, "restore", "--identity", idFile, "file://"+a, dest)
+	assertOneLineError(t, r, "backup is corrupt")
+	t.Logf("restore of an altered change: %s", r.stderr)
+	if _, err := os.Stat(dest); err == nil {
+		t.Fatal("a restore of an altered backup left a database")
+	}
+}
