@@ -23,6 +23,9 @@ type Destination struct {
 	mu        sync.Mutex
 	lastErr   error
 	lastErrAt time.Time
+	// sealedNoCompact: an encrypted backup whose storage cannot take the
+	// node's snapshot (lnvault.ErrSealed); compactions skip it.
+	sealedNoCompact error
 }
 
 func (d *Destination) setErr(err error) {
@@ -318,8 +321,7 @@ func (v *Vault) afterAppend(ctx context.Context, writes []string) {
 		v.log.Info("automatic compaction", "size", size, "changes_since_last", changes)
 		_, err := v.Compact(context.WithoutCancel(ctx))
 		switch {
-		case errors.Is(err, lnvault.ErrSealed):
-			// Retrying at every change would only repeat it.
+		case errors.Is(err, errNoneCompactable):
 			v.auto.Store(&Thresholds{})
 			v.log.Warn("automatic compaction is off for this run", "err", err)
 		case err != nil && !errors.Is(err, ErrCompacting):
@@ -327,6 +329,9 @@ func (v *Vault) afterAppend(ctx context.Context, writes []string) {
 		}
 	}()
 }
+
+// errNoneCompactable: no destination can be compacted in this run.
+var errNoneCompactable = errors.New("no destination can be compacted")
 
 // ErrCompacting is returned when a compaction is asked for while one runs.
 var ErrCompacting = errors.New("a compaction is already running; try again when it ends")
@@ -348,7 +353,23 @@ func (v *Vault) Compact(ctx context.Context) (*CompactReport, error) {
 	rep := &CompactReport{Stats: map[string]lnvault.CompactStats{}, Errs: map[string]string{}, Start: time.Now()}
 	var mu sync.Mutex
 	err := v.parallel(func(d *Destination) error {
+		d.mu.Lock()
+		skip := d.sealedNoCompact
+		d.mu.Unlock()
+		if skip != nil {
+			mu.Lock()
+			rep.Errs[d.URL] = "not compacted: " + skip.Error()
+			mu.Unlock()
+			return nil
+		}
 		st, err := d.Backend.Compact(ctx)
+		if errors.Is(err, lnvault.ErrSealed) {
+			// Asking again at every change would only repeat it.
+			d.mu.Lock()
+			d.sealedNoCompact = err
+			d.mu.Unlock()
+			v.log.Warn("this destination of the encrypted backup is not compacted in this run", "destination", d.URL, "err", err)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -358,6 +379,14 @@ func (v *Vault) Compact(ctx context.Context) (*CompactReport, error) {
 		rep.Stats[d.URL] = st
 		return nil
 	})
+	if err == nil && len(rep.Stats) == 0 && len(rep.Errs) > 0 {
+		var msgs []string
+		for u, e := range rep.Errs {
+			msgs = append(msgs, u+": "+e)
+		}
+		sort.Strings(msgs)
+		err = fmt.Errorf("%w (%w): %s", errNoneCompactable, lnvault.ErrSealed, strings.Join(msgs, "; "))
+	}
 	rep.Took = time.Since(rep.Start)
 	var after int64
 	for _, st := range rep.Stats {

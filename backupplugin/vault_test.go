@@ -3,9 +3,11 @@ package backupplugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lnvault/lnvault"
@@ -172,5 +174,56 @@ func TestVaultAutoCompact(t *testing.T) {
 	st := v.Status(ctx)
 	if st.Acks != 50 || st.P99AckMs < 0 || st.LastCompact == nil {
 		t.Fatalf("status: %+v", st)
+	}
+}
+
+// sealedMem is a destination whose compaction an encrypted backup's storage
+// refuses (a reference server cannot take the node's snapshot).
+type sealedMem struct{ *memBackend }
+
+func (s sealedMem) Compact(context.Context) (lnvault.CompactStats, error) {
+	s.compacts++
+	return lnvault.CompactStats{}, fmt.Errorf("%w: this storage cannot take the node's snapshot", lnvault.ErrSealed)
+}
+
+// A destination that cannot be compacted is asked once per run; the others
+// go on being compacted; when none can be, automatic compaction stops.
+func TestVaultSealedDestinationNotCompacted(t *testing.T) {
+	ctx := context.Background()
+	good, bad := &memBackend{}, sealedMem{&memBackend{}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	v := NewVault(ctx, []*Destination{{URL: "mem://good", Backend: good}, {URL: "mem://sealed", Backend: bad}}, log)
+	v.SetAutoCompact(Thresholds{Changes: 5})
+	for ver := uint32(1); ver <= 30; ver++ {
+		if err := v.Write(ctx, ver, tx); err != nil {
+			t.Fatal(err)
+		}
+		v.Wait()
+	}
+	if bad.compacts != 1 || good.compacts < 4 {
+		t.Fatalf("compactions: %d of the refusing destination (want 1), %d of the other (want >= 4)", bad.compacts, good.compacts)
+	}
+	rep := v.Status(ctx).LastCompact
+	if rep == nil || !strings.Contains(rep.Errors["mem://sealed"], "not compacted") {
+		t.Fatalf("the last compaction does not say the refusing destination was skipped: %+v", rep)
+	}
+
+	only := sealedMem{&memBackend{}}
+	v = NewVault(ctx, []*Destination{{URL: "mem://sealed", Backend: only}}, log)
+	v.SetAutoCompact(Thresholds{Changes: 5})
+	for ver := uint32(1); ver <= 30; ver++ {
+		if err := v.Write(ctx, ver, tx); err != nil {
+			t.Fatal(err)
+		}
+		v.Wait()
+	}
+	if only.compacts != 1 {
+		t.Fatalf("a lone refusing destination was asked %d times, want once", only.compacts)
+	}
+	if _, err := v.Compact(ctx); !errors.Is(err, lnvault.ErrSealed) {
+		t.Fatalf("backup-compact with no compactable destination: %v, want ErrSealed", err)
+	}
+	if th := *v.auto.Load(); th != (Thresholds{}) {
+		t.Fatalf("automatic compaction still on: %+v", th)
 	}
 }

@@ -1,14 +1,23 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	_ "github.com/lnvault/lnvault/dbapply" // the "sqlite" driver
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
 	"github.com/lnvault/lnvault/internal/realnode"
@@ -42,14 +51,21 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 	endpoint, bucket := s3test.Start(t)
 	socketURL := "socket:" + srv.Addr
 	fileURL := "file://" + filepath.Join(workDir, "l1-crash.dbak")
+	// An encrypted backup at hosts of its own, whose every byte is checked.
+	encDir := t.TempDir()
+	encSrv := harness.NewServerProc(t, lnvaultBin, "file://"+filepath.Join(encDir, "server.dbak"))
+	encSrv.Start(true)
+	idFile := filepath.Join(t.TempDir(), "l1.key")
 	dests := []struct {
-		name string
-		urls []string
+		name      string
+		urls      []string
+		encrypted bool
 	}{
-		{"socket: to lnvault server", []string{socketURL}},
-		{"s3:// on versitygw", []string{s3test.URL(endpoint, bucket, "l1")}},
-		{"file: and s3:// at once", []string{"file://" + filepath.Join(workDir, "l1-both.dbak"), s3test.URL(endpoint, bucket, "l1-both")}},
-		{"file:", []string{fileURL}},
+		{"socket: to lnvault server", []string{socketURL}, false},
+		{"s3:// on versitygw", []string{s3test.URL(endpoint, bucket, "l1")}, false},
+		{"file: and s3:// at once", []string{"file://" + filepath.Join(workDir, "l1-both.dbak"), s3test.URL(endpoint, bucket, "l1-both")}, false},
+		{"end-to-end encrypted, socket: and s3:// at once", []string{"socket:" + encSrv.Addr, s3test.URL(endpoint, bucket, "l1-enc")}, true},
+		{"file:", []string{fileURL}, false},
 	}
 	kills := killsPerDestination()
 	total, payments, drills := 0, 0, 0
@@ -60,6 +76,11 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 			t.Fatal(err)
 		}
 		args := append(append([]string{"init"}, d.urls...), "--lightning-dir", nw.l1.NetDir(), "--force")
+		var ids []string
+		if d.encrypted {
+			args = append(args, "--new-identity", idFile)
+			ids = []string{"--identity", idFile}
+		}
 		if out, err := lnvault(args...); err != nil {
 			t.Fatalf("%s: lnvault init: %v: %s", d.name, err, out)
 		}
@@ -93,7 +114,10 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, u := range d.urls {
-			restoreEquals(t, u, nw.l1.DBPath(), fmt.Sprintf("%s after %d kills", d.name, kills))
+			restoreEquals(t, u, nw.l1.DBPath(), fmt.Sprintf("%s after %d kills", d.name, kills), ids...)
+		}
+		if d.encrypted {
+			hostHoldsNoPlaintext(t, nw.l1.DBPath(), endpoint, bucket, "l1-enc/", encDir)
 		}
 		// The disaster drill: the database is lost; lnvault restore
 		// brings it back from the destination; the node starts, its
@@ -101,7 +125,7 @@ func TestPaymentsUnderCrashes(t *testing.T) {
 		if err := os.Remove(nw.l1.DBPath()); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := lnvault("restore", d.urls[len(d.urls)-1], nw.l1.DBPath()); err != nil {
+		if out, err := lnvault(append(append([]string{"restore"}, ids...), d.urls[len(d.urls)-1], nw.l1.DBPath())...); err != nil {
 			t.Fatalf("%s: the drill's restore: %v: %s", d.name, err, out)
 		}
 		if err := nw.startL1(ctx); err != nil {
@@ -143,11 +167,12 @@ func headVersion(tb testing.TB, url string) uint32 {
 	return st.Metadata.Version
 }
 
-// restoreEquals restores url and compares it with the database at db.
-func restoreEquals(tb testing.TB, url, db, when string) {
+// restoreEquals restores url (with args, e.g. --identity) and compares it
+// with the database at db.
+func restoreEquals(tb testing.TB, url, db, when string, args ...string) {
 	tb.Helper()
 	dest := filepath.Join(tb.TempDir(), "restored.sqlite3")
-	if out, err := lnvault("restore", url, dest); err != nil {
+	if out, err := lnvault(append(append([]string{"restore"}, args...), url, dest)...); err != nil {
 		tb.Fatalf("%s: lnvault restore %s: %v: %s", when, url, err, out)
 	}
 	want, err := dumphash.Of(db)
@@ -163,4 +188,82 @@ func restoreEquals(tb testing.TB, url, db, when string) {
 		rv, _ := realnode.DataVersion(dest)
 		tb.Fatalf("%s: the restore of %s differs from the node's database (node data_version %d, restored %d)", when, url, nv, rv)
 	}
+}
+
+// hostHoldsNoPlaintext checks every byte the hosts of an encrypted backup
+// hold (the files under dirs, the objects under prefix) for the node's
+// secrets as its db_writes spell them: its invoices' payment hashes and
+// preimages, its peers' ids and its channels' funding txids, as SQL's hex
+// blob literals in either case.
+func hostHoldsNoPlaintext(tb testing.TB, nodeDB, endpoint, bucket, prefix string, dirs ...string) {
+	tb.Helper()
+	db, err := sql.Open("sqlite", "file:"+nodeDB+"?mode=ro")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	var probes []string
+	for _, q := range []string{
+		"SELECT hex(payment_hash) FROM invoices", "SELECT hex(payment_key) FROM invoices",
+		"SELECT hex(node_id) FROM peers", "SELECT hex(funding_tx_id) FROM channels",
+	} {
+		rows, err := db.Query(q)
+		if err != nil {
+			tb.Fatalf("%s: %v", q, err)
+		}
+		for rows.Next() {
+			var h string
+			if rows.Scan(&h) == nil && len(h) >= 32 {
+				probes = append(probes, h, strings.ToLower(h))
+			}
+		}
+		rows.Close()
+	}
+	if len(probes) < 20 {
+		tb.Fatalf("only %d probes from the node's database: the check would look at nothing", len(probes))
+	}
+	held := map[string][]byte{}
+	for _, d := range dirs {
+		filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && e.Type().IsRegular() && !strings.HasSuffix(p, ".log") {
+				if b, err := os.ReadFile(p); err == nil {
+					held[p] = b
+				}
+			}
+			return nil
+		})
+	}
+	c := s3test.Client(endpoint)
+	pages := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String(prefix)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(context.Background())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, o := range page.Contents {
+			r, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: o.Key})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			b, err := io.ReadAll(r.Body)
+			r.Body.Close()
+			if err != nil {
+				tb.Fatal(err)
+			}
+			held[aws.ToString(o.Key)] = b
+		}
+	}
+	var total int
+	for name, b := range held {
+		total += len(b)
+		for _, p := range probes {
+			if bytes.Contains(b, []byte(p)) {
+				tb.Fatalf("%s holds the node's plaintext %s", name, p)
+			}
+		}
+	}
+	if len(held) < 3 {
+		tb.Fatalf("the hosts hold %d files and objects: the check looked at nothing", len(held))
+	}
+	tb.Logf("the encrypted backup's hosts hold %d files and objects (%d bytes): none holds any of %d secrets of the node's database", len(held), total, len(probes))
 }
