@@ -137,7 +137,7 @@ func (a *Applier) Apply(ctx context.Context, c *lnvault.Change) error {
 	if lnvault.IsSealed(c) {
 		// A host holding an encrypted backup, or a restore without the
 		// identity: say so rather than fail on it as SQL or as a database.
-		return fmt.Errorf("%w: its %s at version %d is ciphertext, so it cannot be applied here: restore it with the age identity it was made for (--identity FILE); a host cannot compact it, the node does (lnvault compact on the node's side)", lnvault.ErrSealed, c.Kind, c.Version)
+		return fmt.Errorf("%w: its %s at version %d is ciphertext, so it cannot be applied here: restore it with the age identity it was made for (--identity FILE); a host cannot compact it: the node does (lightning-cli backup-compact, or automatically)", lnvault.ErrSealed, c.Kind, c.Version)
 	}
 	switch c.Kind {
 	case lnvault.KindSnapshot:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"filippo.io/age"
@@ -40,6 +41,12 @@ func TestPythonServerStoresSealedChanges(t *testing.T) {
 	}
 	if _, err := b.Compact(ctx); !errors.Is(err, lnvault.ErrSealed) {
 		t.Fatalf("compact of an encrypted backup on the reference server: %v, want ErrSealed", err)
+	}
+	// With the node's database to compact from: the reference server cannot
+	// take the snapshot, and the error says so.
+	b.SetSnapshotSource(func(ctx context.Context, dst string) (uint32, error) { return replayTo(ctx, dst, cs[:29]) })
+	if _, err := b.Compact(ctx); !errors.Is(err, lnvault.ErrSealed) || !errors.Is(err, lnvault.ErrNoRebase) || !strings.Contains(err.Error(), "does not offer it") {
+		t.Fatalf("node compaction at the reference server: %v, want ErrSealed naming the server's missing feature", err)
 	}
 	b.Close()
 
