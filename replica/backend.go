@@ -1013,7 +1013,7 @@ func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.Com
 	if g == nil {
 		return st, fmt.Errorf("rebase: generation %s is gone from %s", gen, b.client)
 	}
-	idx, prev, err := lastIndexOf(g, v)
+	idx, prev, err := b.lastIndexOf(ctx, g, v)
 	if err != nil {
 		return st, err
 	}
@@ -1031,9 +1031,10 @@ func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.Com
 }
 
 // lastIndexOf finds the index of the last change of version v in g, and
-// the version of the change before it, from the segments' names: v must end
-// a segment (each change is one when the node writes synchronously).
-func lastIndexOf(g *Generation, v uint32) (uint64, uint32, error) {
+// the version of the change before it: from the segments' names when v ends
+// one (each change is a segment when the node writes synchronously), else
+// from the segment it falls in (a replicator's batches).
+func (b *Backend) lastIndexOf(ctx context.Context, g *Generation, v uint32) (uint64, uint32, error) {
 	var (
 		found bool
 		idx   uint64
@@ -1042,7 +1043,27 @@ func lastIndexOf(g *Generation, v uint32) (uint64, uint32, error) {
 	for i, s := range g.Segments {
 		switch {
 		case s.FirstVersion <= v && v < s.LastVersion:
-			return 0, 0, fmt.Errorf("rebase at version %d: the version falls inside segment %s of several changes; a rebase needs it at a segment's end", v, s.Key)
+			seg, err := b.client.ReadSegment(ctx, s)
+			if err != nil {
+				return 0, 0, err
+			}
+			p := uint32(0)
+			if i > 0 {
+				p = g.Segments[i-1].LastVersion
+			}
+			for j, c := range seg.Changes {
+				if c.Version > v {
+					break
+				}
+				if c.Version == v {
+					found, idx, prev = true, s.FirstIndex+uint64(j), p
+				}
+				p = c.Version
+			}
+			if !found {
+				return 0, 0, fmt.Errorf("rebase at version %d: segment %s spans it but holds no change of it", v, s.Key)
+			}
+			return idx, prev, nil
 		case s.LastVersion == v && (!found || s.LastIndex > idx):
 			found, idx = true, s.LastIndex
 			prev = v

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -71,6 +73,9 @@ type Replicator struct {
 	pendingSince time.Time // oldest change not yet on the replica; zero if none
 	needResync   bool
 	compactReq   bool
+	// rebaseReq: the node's snapshot the local backup was rebased on, to
+	// put into the replica once it holds a change after it.
+	rebaseReq *pendingRebase
 	lastErr      error
 	errCount     uint64
 	lastUpload   time.Time
@@ -87,6 +92,11 @@ type Replicator struct {
 	cancel  context.CancelFunc
 	ctx     context.Context
 	closeMu sync.Once
+}
+
+type pendingRebase struct {
+	path    string // a copy of the snapshot
+	version uint32
 }
 
 type shippedSnapshot struct {
@@ -222,6 +232,7 @@ func (r *Replicator) stepInner(ctx context.Context) error {
 		r.pendingSince = time.Time{}
 	}
 	r.mu.Unlock()
+	r.rebaseReplica(ctx)
 	if compact {
 		if _, err := r.rb.Compact(ctx); err != nil {
 			return fmt.Errorf("compacting the replica: %w", err)
@@ -231,6 +242,37 @@ func (r *Replicator) stepInner(ctx context.Context) error {
 		r.mu.Unlock()
 	}
 	return nil
+}
+
+// rebaseReplica puts the node's snapshot the local backup was rebased on
+// into the replica, once the replica holds a change after it. A failure
+// drops it (the replica then keeps its changes until the next rebase).
+func (r *Replicator) rebaseReplica(ctx context.Context) {
+	r.mu.Lock()
+	req := r.rebaseReq
+	r.mu.Unlock()
+	if req == nil || r.rb.Metadata().Version <= req.version {
+		return
+	}
+	f, err := os.Open(req.path)
+	if err == nil {
+		var st os.FileInfo
+		if st, err = f.Stat(); err == nil {
+			_, err = r.rb.Rebase(ctx, lnvault.NewSnapshot(req.version, io.NewSectionReader(f, 0, st.Size())))
+		}
+		f.Close()
+	}
+	if err != nil {
+		r.log.Warn("the replica was not rebased on the node's snapshot; it keeps its changes until the next compaction", "version", req.version, "err", err)
+	} else {
+		r.log.Info("replica rebased on the node's snapshot", "version", req.version)
+	}
+	r.mu.Lock()
+	if r.rebaseReq == req {
+		r.rebaseReq = nil
+	}
+	r.mu.Unlock()
+	os.Remove(req.path)
 }
 
 // upload writes changes as segments of at most FlushBytes each.
@@ -481,6 +523,12 @@ func (r *Replicator) Close() error {
 		close(r.stop)
 		<-r.done
 		r.cancel()
+		r.mu.Lock()
+		if r.rebaseReq != nil {
+			os.Remove(r.rebaseReq.path)
+			r.rebaseReq = nil
+		}
+		r.mu.Unlock()
 		if ferr != nil {
 			ferr = fmt.Errorf("replica %s left behind (it catches up at next start): %w", r.rb.client, ferr)
 		}
@@ -562,6 +610,41 @@ func (w replicated) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	}
 	w.r.mu.Lock()
 	w.r.compactReq = true
+	w.r.mu.Unlock()
+	w.r.poke()
+	return st, nil
+}
+
+// Rebase rebases the local backend (an lnvault.Rebaser) on the node's
+// snapshot, then, in the background once the replica has caught up past
+// it, the replica (a copy of the snapshot is kept until then).
+func (w replicated) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.CompactStats, error) {
+	lr, ok := w.r.local.(lnvault.Rebaser)
+	if !ok {
+		return lnvault.CompactStats{}, fmt.Errorf("%w: the replicated local backup", lnvault.ErrNoRebase)
+	}
+	f, err := os.CreateTemp("", "lnvault-rebase-*.snap")
+	if err != nil {
+		return lnvault.CompactStats{}, fmt.Errorf("rebase: a temp copy of the snapshot for the replica: %w", err)
+	}
+	_, err = io.Copy(f, io.NewSectionReader(snap.Snapshot, 0, snap.Snapshot.Size()))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return lnvault.CompactStats{}, fmt.Errorf("rebase: a temp copy of the snapshot for the replica: %w", err)
+	}
+	st, err := lr.Rebase(ctx, snap)
+	if err != nil {
+		os.Remove(f.Name())
+		return st, err
+	}
+	w.r.mu.Lock()
+	if old := w.r.rebaseReq; old != nil {
+		os.Remove(old.path)
+	}
+	w.r.rebaseReq = &pendingRebase{path: f.Name(), version: snap.Version}
 	w.r.mu.Unlock()
 	w.r.poke()
 	return st, nil

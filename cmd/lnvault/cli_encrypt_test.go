@@ -193,7 +193,9 @@ func TestEncryptedBackupHostsHoldOnlyCiphertext(t *testing.T) {
 func TestEncryptedCompactionByTheNode(t *testing.T) {
 	ep, bkt := s3test.Start(t)
 	dir := t.TempDir()
-	srv := startServer(t, "file://"+filepath.Join(dir, "server.dbak"), "127.0.0.1:0", "--create")
+	replicaURL := s3test.URL(ep, bkt, "srv")
+	srv := startServer(t, "file://"+filepath.Join(dir, "server.dbak"), "127.0.0.1:0", "--create",
+		"--replicate", replicaURL, "--replicate-interval", "100ms")
 	urls := []string{"file://" + filepath.Join(dir, "node.dbak"), "socket:" + srv.Addr, s3test.URL(ep, bkt, "node")}
 	h, err := harness.New(harness.Config{Bin: lnvaultBin, Dir: filepath.Join(dir, "lightning")})
 	if err != nil {
@@ -255,7 +257,18 @@ func TestEncryptedCompactionByTheNode(t *testing.T) {
 	if want != corpus.FinalDumpSHA256() {
 		t.Fatalf("the node's database is not the corpus's final one")
 	}
-	for _, u := range urls {
+	// The server's replica is rebased on the node's snapshot too, once it
+	// caught up past it.
+	last := corpus.MustLoad()[len(corpus.MustLoad())-1].DataVersion
+	waitReplica(t, replicaURL, last, srv)
+	deadline := time.Now().Add(30 * time.Second)
+	for countObjects(t, ep, bkt, "srv", "/snapshots/") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's replica holds no snapshot of the node's besides init's:\n%s", srv.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, u := range append(urls, replicaURL) {
 		dest := filepath.Join(t.TempDir(), "restored.sqlite3")
 		mustRun(t, "restore", "--identity", idFile, u, dest)
 		if got := dumpOf(t, dest); got != want {
