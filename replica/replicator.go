@@ -75,11 +75,11 @@ type Replicator struct {
 	compactReq   bool
 	// rebaseReq: the node's snapshot the local backup was rebased on, to
 	// put into the replica once it holds a change after it.
-	rebaseReq *pendingRebase
-	lastErr      error
-	errCount     uint64
-	lastUpload   time.Time
-	appends      uint64 // local appends and rewinds, to see if a resync raced one
+	rebaseReq  *pendingRebase
+	lastErr    error
+	errCount   uint64
+	lastUpload time.Time
+	appends    uint64 // local appends and rewinds, to see if a resync raced one
 	// shipped is the snapshot change this replicator uploaded last, while
 	// it is the replica's head and no local rewind happened since: a
 	// snapshot head has no statements to be recognised by in the local log.
