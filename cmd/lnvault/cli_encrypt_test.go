@@ -174,6 +174,18 @@ func TestEncryptedBackupHostsHoldOnlyCiphertext(t *testing.T) {
 			t.Fatalf("restore of %s with the identity: dump %s, want %s", u, got, want)
 		}
 	}
+	// Point in time, with the identity: an object store starts at the
+	// snapshot before the target, a file streams up to it.
+	pit := filepath.Join(t.TempDir(), "pit.sqlite3")
+	replayCorpus(t, pit, 1500)
+	wantPIT := dumpOf(t, pit)
+	for _, u := range []string{urls[1], urls[3]} {
+		dest := filepath.Join(t.TempDir(), "restored.sqlite3")
+		mustRun(t, "restore", "--identity", idFile, "--to-version", "1500", u, dest)
+		if got := dumpOf(t, dest); got != wantPIT {
+			t.Fatalf("restore of %s at version 1500 with the identity: dump %s, want %s", u, got, wantPIT)
+		}
+	}
 	dest := filepath.Join(t.TempDir(), "restored.sqlite3")
 	r = mustRun(t, append(append([]string{"restore", "--identity", idFile}, urls...), dest)...)
 	if got := dumpOf(t, dest); got != want || strings.Contains(r.stderr, "WARNING") {
