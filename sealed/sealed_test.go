@@ -481,9 +481,14 @@ func TestNodeCompaction(t *testing.T) {
 	var mu sync.Mutex
 	n := 0 // changes appended (and so committed by the "node")
 	appendN := func(to int) {
-		for ; n < to; n++ {
+		for {
 			mu.Lock()
+			if n >= to {
+				mu.Unlock()
+				return
+			}
 			err := b.Append(ctx, cs[n])
+			n++
 			mu.Unlock()
 			if err != nil {
 				t.Error(err)
@@ -552,7 +557,9 @@ func TestNodeCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after a rewind of the head", 499)
+	mu.Lock()
 	n = 499
+	mu.Unlock()
 	appendN(550)
 	b.Close()
 	b = open(false)
