@@ -15,6 +15,8 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ import (
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/scb"
+	"github.com/lnvault/lnvault/tlskey"
 	"github.com/lnvault/lnvault/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -71,6 +74,9 @@ type Server struct {
 	idler lnvault.Idler
 	log   *slog.Logger
 	m     *metrics
+	// tlsPin is the pin of the key ServeTLS serves with, told to clients
+	// that connect without TLS.
+	tlsPin string
 
 	// appendMu is held while a change or rewind is stored: REQ_METADATA
 	// waits for it, so that a writer reconnecting after a timeout sees
@@ -177,9 +183,48 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	return s.Serve(ctx, ln)
 }
 
+// ListenAndServeTLS is ListenAndServe over TLS (package tlskey). With
+// authenticated (tc admits only authorized client keys) it may listen
+// beyond loopback.
+func (s *Server) ListenAndServeTLS(ctx context.Context, addr string, tc *tls.Config, authenticated bool) error {
+	lo, err := IsLoopback(addr)
+	if err != nil {
+		return err
+	}
+	if !lo && !authenticated && !s.cfg.AllowUnauthenticated {
+		return fmt.Errorf("refusing to listen on %s: TLS without --authorized-keys lets anyone who can reach the port overwrite the backup; give the client keys that may connect (--authorized-keys FILE), bind to loopback, or pass --allow-unauthenticated", addr)
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	return s.ServeTLS(ctx, ln, tc)
+}
+
+// ServeTLS is Serve with every connection on ln speaking TLS with tc; a
+// client that fails the handshake (a wrong or unauthorized key, a client
+// without TLS) is refused before any packet is read.
+func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, tc *tls.Config) error {
+	if len(tc.Certificates) > 0 && len(tc.Certificates[0].Certificate) > 0 {
+		if cert, err := x509.ParseCertificate(tc.Certificates[0].Certificate[0]); err == nil {
+			if pin, err := tlskey.Pin(cert.PublicKey); err == nil {
+				s.mu.Lock()
+				s.tlsPin = pin
+				s.mu.Unlock()
+			}
+		}
+	}
+	return s.serve(ctx, ln, tc)
+}
+
 // Serve accepts connections on ln until ctx ends or Shutdown is called; it
 // then stops accepting, lets every in-flight request finish, and returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.serve(ctx, ln, nil)
+}
+
+func (s *Server) serve(ctx context.Context, ln net.Listener, tc *tls.Config) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -188,7 +233,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	s.log.Info("backup server listening", "addr", ln.Addr().String())
+	if tc != nil {
+		s.log.Info("backup server listening", "addr", ln.Addr().String(), "tls", true, "client_auth", tc.ClientAuth == tls.RequireAnyClientCert)
+	} else {
+		s.log.Info("backup server listening", "addr", ln.Addr().String())
+	}
 
 	stop := context.AfterFunc(ctx, func() { s.Shutdown(context.Background()) })
 	defer stop()
@@ -213,7 +262,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		if !s.track(c) {
+		if !s.track(c, tc) {
 			c.Close()
 			continue
 		}
@@ -249,7 +298,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-func (s *Server) track(nc net.Conn) bool {
+func (s *Server) track(nc net.Conn, tc *tls.Config) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
@@ -264,6 +313,9 @@ func (s *Server) track(nc net.Conn) bool {
 		tc.SetNoDelay(true)
 		// A writer whose host died must not hold the writer role for hours.
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
+	}
+	if tc != nil {
+		nc = tls.Server(nc, tc)
 	}
 	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String()}
 	c.wr = wire.NewWriter(deadlineWriter{nc, s.cfg.WriteTimeout})
@@ -329,6 +381,15 @@ func (c *conn) serve() {
 	s := c.s
 	log := s.log.With("remote", c.remote)
 	log.Debug("connection opened")
+	if !c.handshake(log) {
+		c.nc.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.m.connections.Dec()
+		s.wg.Done()
+		return
+	}
 	rd := wire.NewReader(c.nc, s.cfg.Limits)
 	// A change from a connection that cannot be the writer is refused from
 	// its header: never inflated nor spooled.
@@ -379,6 +440,42 @@ func (c *conn) serve() {
 			s.idler.Idle()
 		}
 	}
+}
+
+// handshakeTimeout bounds a TLS handshake: a client that connects and says
+// nothing does not hold a connection slot.
+const handshakeTimeout = 10 * time.Second
+
+// handshake completes a TLS connection's handshake before any packet is
+// read; a refused one is logged (with the client key's pin when it was
+// not authorized) and counted.
+func (c *conn) handshake(log *slog.Logger) bool {
+	t, ok := c.nc.(*tls.Conn)
+	if !ok {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(c.s.ctx, handshakeTimeout)
+	defer cancel()
+	if err := t.HandshakeContext(ctx); err != nil {
+		c.s.m.refusals.WithLabelValues("tls").Inc()
+		log.Warn("refused: TLS handshake failed", "err", err)
+		var rhe tls.RecordHeaderError
+		if errors.As(err, &rhe) && rhe.Conn != nil {
+			// A client without TLS: tell it in its own protocol.
+			rhe.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			w := wire.NewWriter(rhe.Conn)
+			w.WriteExtError("this backup server speaks TLS: connect with socket:HOST:PORT?pin=" + c.s.pin() + " (plaintext clients: its --legacy-listen address, if it has one)")
+		}
+		return false
+	}
+	return true
+}
+
+// pin is the pin of the server's TLS key.
+func (s *Server) pin() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tlsPin
 }
 
 // head is the backup's current head version, sent in ACK and NACK.

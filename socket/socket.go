@@ -7,18 +7,21 @@ package socket
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/lnvault/lnvault"
+	"github.com/lnvault/lnvault/tlskey"
 	"github.com/lnvault/lnvault/wire"
 	"golang.org/x/net/proxy"
 )
@@ -190,7 +193,34 @@ func (cfg Config) dial(ctx context.Context) (net.Conn, error) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true) // every packet waits for an answer: never batch
 	}
-	return c, nil
+	if cfg.Pin == "" {
+		return c, nil
+	}
+	t := tls.Client(c, tlskey.ClientConfig(cfg.Pin, cfg.key))
+	if err := t.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, cfg.tlsErr(err)
+	}
+	return t, nil
+}
+
+// tlsErr says what a failed handshake means for the operator.
+func (cfg Config) tlsErr(err error) error {
+	var pe *tlskey.PinError
+	var re tls.RecordHeaderError
+	switch {
+	case errors.As(err, &pe):
+		return fmt.Errorf("%w: backup server %s: %w", ErrRefused, cfg.Addr(), pe)
+	case errors.As(err, &re):
+		return fmt.Errorf("%w: backup server %s does not speak TLS (an older lnvault server, or the reference): drop pin= from the URL, or start the server with --tls-key", ErrRefused, cfg.Addr())
+	case strings.Contains(err.Error(), "bad certificate") || strings.Contains(err.Error(), "certificate required"):
+		hint := "this client's key (key=" + cfg.KeyFile + ") is not in its --authorized-keys"
+		if cfg.KeyFile == "" {
+			hint = "it admits only authorized client keys: add key=PATH (lnvault init writes one) and authorize its pin on the server"
+		}
+		return fmt.Errorf("%w: backup server %s refused this client: %s", ErrRefused, cfg.Addr(), hint)
+	}
+	return fmt.Errorf("TLS with backup server %s: %w", cfg.Addr(), err)
 }
 
 // connectLocked dials and exchanges REQ_METADATA (after HELLO naming this
@@ -273,6 +303,10 @@ func (b *Backend) requestMetadataLocked(ctx context.Context) (lnvault.Metadata, 
 }
 
 func (b *Backend) metadataAnswer(p wire.Packet) (lnvault.Metadata, error) {
+	if p.Type == wire.TypeExtError {
+		// A TLS server telling a client without TLS how to connect.
+		return lnvault.Metadata{}, fmt.Errorf("%w: backup server %s: %s", ErrRefused, b.cfg.Addr(), p.Text)
+	}
 	if p.Type != wire.TypeMetadata {
 		return lnvault.Metadata{}, &protocolError{fmt.Sprintf("backup server %s answered REQ_METADATA with %v", b.cfg.Addr(), p.Type)}
 	}
@@ -303,6 +337,9 @@ func (b *Backend) helloMetadataLocked(ctx context.Context) (lnvault.Metadata, er
 		return lnvault.Metadata{}, err
 	}
 	b.helloClosed = 0
+	if p.Type == wire.TypeExtError {
+		return b.metadataAnswer(p)
+	}
 	if p.Type == wire.TypeFeatures {
 		b.sawFeatures = true
 	}
@@ -377,6 +414,11 @@ func (b *Backend) netErr(ctx context.Context, what op, doing string, timeout tim
 func (cfg Config) netErr(ctx context.Context, what op, doing string, timeout time.Duration, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s %s on backup server %s: %w", doing, what, cfg.Addr(), ctx.Err())
+	}
+	if cfg.Pin != "" && strings.Contains(err.Error(), "remote error: tls:") {
+		// In TLS 1.3 the server's refusal of the client's key arrives after
+		// the client's handshake is done: a refusal, not a lost connection.
+		return cfg.tlsErr(err)
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lnvault/lnvault/tlskey"
 )
 
 // Defaults of the URL's optional parameters. timeout and retry_delay depend
@@ -64,6 +66,11 @@ func (c Config) IsLAN() bool {
 //	compress=auto            zlib level of changes on the wire: none (stored
 //	                         blocks), fast, or auto: none to a loopback or
 //	                         private address reached directly, fast otherwise
+//	pin=sha256:HEX           speak TLS 1.3 and accept only the server whose
+//	                         key has this pin (`lnvault server --tls-key`
+//	                         logs it): no certificate authority is needed
+//	key=PATH                 with pin: this client's key (as `lnvault init`
+//	                         writes it), for a server with --authorized-keys
 type Config struct {
 	Host, Port     string
 	Proxy          string // "host:port" of a SOCKS5 proxy, "" for a direct connection
@@ -73,6 +80,9 @@ type Config struct {
 	Retries        int
 	RetryDelay     time.Duration
 	Compress       Compression
+	Pin            string      // the server's key pin: TLS when set
+	KeyFile        string      // the client's key, with Pin
+	key            *tlskey.Key // loaded from KeyFile
 }
 
 // Compression is the zlib level a client uses for changes.
@@ -113,6 +123,14 @@ func ParseURL(raw string) (Config, error) {
 	}
 	if err := cfg.parseParams(raw, q); err != nil {
 		return cfg, err
+	}
+	if cfg.KeyFile != "" {
+		if cfg.Pin == "" {
+			return cfg, fmt.Errorf("backup URL %q: key= is a TLS client key: give the server's pin= too", raw)
+		}
+		if cfg.key, err = tlskey.Load(cfg.KeyFile); err != nil {
+			return cfg, fmt.Errorf("backup URL %q: %w", raw, err)
+		}
 	}
 	if cfg.IsLAN() {
 		if !q.Has("timeout") {
@@ -167,6 +185,17 @@ func (cfg *Config) parseParams(raw string, q url.Values) error {
 			default:
 				return fmt.Errorf("backup URL %q: compress=%q: use auto, none or fast", raw, v)
 			}
+		case "pin":
+			p, err := tlskey.ParsePin(v)
+			if err != nil {
+				return fmt.Errorf("backup URL %q: pin=: %w", raw, err)
+			}
+			cfg.Pin = p
+		case "key":
+			if v == "" {
+				return fmt.Errorf("backup URL %q: key= names no file", raw)
+			}
+			cfg.KeyFile = v
 		case "retries":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
@@ -174,7 +203,7 @@ func (cfg *Config) parseParams(raw string, q url.Values) error {
 			}
 			cfg.Retries = n
 		default:
-			return fmt.Errorf("backup URL %q: unknown parameter %q (known: proxy, connect_timeout, timeout, compact_timeout, retries, retry_delay, compress)", raw, key)
+			return fmt.Errorf("backup URL %q: unknown parameter %q (known: proxy, connect_timeout, timeout, compact_timeout, retries, retry_delay, compress, pin, key)", raw, key)
 		}
 	}
 	return nil

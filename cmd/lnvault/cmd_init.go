@@ -19,6 +19,8 @@ import (
 	"github.com/lnvault/lnvault/dbapply"
 	"github.com/lnvault/lnvault/seal"
 	"github.com/lnvault/lnvault/sealed"
+	"github.com/lnvault/lnvault/socket"
+	"github.com/lnvault/lnvault/tlskey"
 	"github.com/spf13/cobra"
 )
 
@@ -91,6 +93,9 @@ func runInit(cmd *cobra.Command, urls []string) error {
 
 	enc, session, err := initEncryption(cmd, dir)
 	if err != nil {
+		return err
+	}
+	if err := clientKeys(cmd, urls, dir); err != nil {
 		return err
 	}
 
@@ -241,6 +246,45 @@ func initEncryption(cmd *cobra.Command, dir string) (*backupplugin.Encryption, *
 		return nil, nil, err
 	}
 	return enc, s, nil
+}
+
+// ClientKeyFile is the node's TLS client key for backup servers that admit
+// only authorized keys, in lightningd's network directory.
+const ClientKeyFile = "lnvault-client.key"
+
+// clientKeys gives every socket: URL that pins its server (pin=) but names
+// no client key (key=) the node's key, created in dir when missing, and
+// says which pin to authorize on the server.
+func clientKeys(cmd *cobra.Command, urls []string, dir string) error {
+	for i, u := range urls {
+		if lnvault.Scheme(u) != "socket" {
+			continue
+		}
+		cfg, err := socket.ParseURL(u)
+		if err != nil {
+			return err
+		}
+		if cfg.Pin == "" || cfg.KeyFile != "" {
+			continue
+		}
+		if dir == "" {
+			return fmt.Errorf("%s pins its server: give --lightning-dir (where the node's client key is kept), or key=PATH in the URL", u)
+		}
+		path, err := filepath.Abs(filepath.Join(dir, ClientKeyFile))
+		if err != nil {
+			return err
+		}
+		k, created, err := tlskey.LoadOrCreate(path)
+		if err != nil {
+			return err
+		}
+		if created {
+			fmt.Fprintf(cmd.OutOrStdout(), "created this node's client key %s\n", path)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "this node's client key pin is %s: a server with --authorized-keys must list it\n", k.Pin)
+		urls[i] = u + "&key=" + path
+	}
+	return nil
 }
 
 // checkNodeStopped refuses to go on while lightningd answers on its RPC

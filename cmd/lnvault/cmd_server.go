@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,9 +12,40 @@ import (
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/scb"
 	"github.com/lnvault/lnvault/server"
+	"github.com/lnvault/lnvault/tlskey"
 	"github.com/lnvault/lnvault/wire"
 	"github.com/spf13/cobra"
 )
+
+// serverTLS reads --tls-key and --authorized-keys: the TLS configuration
+// (nil without --tls-key) and whether it authenticates clients.
+func serverTLS(cmd *cobra.Command, log *slog.Logger) (*tls.Config, bool, error) {
+	keyFile, _ := cmd.Flags().GetString("tls-key")
+	authFile, _ := cmd.Flags().GetString("authorized-keys")
+	if keyFile == "" {
+		if authFile != "" {
+			return nil, false, errors.New("--authorized-keys needs --tls-key: client keys are checked in the TLS handshake")
+		}
+		return nil, false, nil
+	}
+	k, created, err := tlskey.LoadOrCreate(keyFile)
+	if err != nil {
+		return nil, false, err
+	}
+	if created {
+		log.Info("created the server's TLS key", "file", keyFile)
+	}
+	log.Info("the server's key pin: clients connect with socket:HOST:PORT?pin="+k.Pin, "pin", k.Pin)
+	if authFile == "" {
+		return tlskey.ServerConfig(k, nil), false, nil
+	}
+	auth, err := tlskey.ReadAuthorized(authFile)
+	if err != nil {
+		return nil, false, err
+	}
+	log.Info("admitting only authorized client keys", "file", authFile, "keys", len(auth))
+	return tlskey.ServerConfig(k, func(pin string) bool { _, ok := auth[pin]; return ok }), true, nil
+}
 
 // newServerCmd is `lnvault server`.
 func newServerCmd() *cobra.Command {
@@ -24,10 +56,18 @@ func newServerCmd() *cobra.Command {
 nodes using the socket: backend (socket:HOST:PORT), or the reference Python
 backup plugin.
 
-ADDR is IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT. The protocol has no
-authentication or encryption: the server binds to loopback unless
---allow-unauthenticated is given; reach it through an SSH tunnel, a VPN or a
-Tor onion service.
+ADDR is IPv4:PORT, [IPv6]:PORT or HOSTNAME:PORT. Without --tls-key the
+protocol has no authentication or encryption, as the reference's: the
+server binds to loopback unless --allow-unauthenticated is given; reach it
+through an SSH tunnel, a VPN or a Tor onion service.
+
+With --tls-key FILE (created when missing) the server speaks TLS 1.3 on ADDR
+with that long-lived key and logs its pin, which clients put in their URL
+(socket:HOST:PORT?pin=sha256:...). With --authorized-keys FILE (one client
+key pin per line, as lnvault init prints it) it admits only those clients,
+refusing any other during the handshake, and may listen beyond loopback.
+--legacy-listen ADDR2 serves the plaintext protocol beside it, for
+reference clients (loopback unless --allow-unauthenticated).
 
 One connection at a time may write the backup; others may restore or read its
 metadata. SIGTERM or SIGINT stops the server after in-flight changes are
@@ -45,6 +85,9 @@ acknowledged and stored.`,
 	f.Int64("max-snapshot", wire.DefaultMaxSnapshot, "largest decompressed snapshot accepted, in bytes")
 	f.String("tmpdir", "", "directory for incoming snapshots (default: the system's temp directory)")
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
+	f.String("tls-key", "", "speak TLS 1.3 with this long-lived Ed25519 key (created when missing; its pin is logged for clients' pin=)")
+	f.String("authorized-keys", "", "with --tls-key: admit only the client keys whose pins this file lists")
+	f.String("legacy-listen", "", "with --tls-key: also serve the plaintext protocol on this address, for reference clients")
 	f.String("scb", "", "keep the static channel backups lnvault clients send here (default for a file: backup: BACKEND_PATH.scb/; \"none\" to refuse them)")
 	addReplicateFlags(c)
 	return c
@@ -71,13 +114,29 @@ func runServer(cmd *cobra.Command, args []string) error {
 		logLevel.Set(slog.LevelInfo)
 	}
 
-	// Check the address before touching the backup.
+	tc, authenticated, err := serverTLS(cmd, log)
+	if err != nil {
+		return err
+	}
+	legacy, _ := f.GetString("legacy-listen")
+	if legacy != "" && tc == nil {
+		return errors.New("--legacy-listen is the plaintext listener beside a TLS one: give --tls-key too (without it ADDR is plaintext already)")
+	}
+
+	// Check the addresses before touching the backup.
 	lo, err := server.IsLoopback(addr)
 	if err != nil {
 		return err
 	}
-	if !lo && !allow {
-		return fmt.Errorf("refusing to listen on %s: the backup protocol has no authentication; bind to 127.0.0.1 or [::1] and use an SSH tunnel, a VPN or a Tor onion service, or pass --allow-unauthenticated", addr)
+	if !lo && !allow && !authenticated {
+		return fmt.Errorf("refusing to listen on %s: the backup protocol has no authentication without --tls-key and --authorized-keys; bind to 127.0.0.1 or [::1] and use an SSH tunnel, a VPN or a Tor onion service, or pass --allow-unauthenticated", addr)
+	}
+	if legacy != "" {
+		if llo, err := server.IsLoopback(legacy); err != nil {
+			return fmt.Errorf("--legacy-listen: %w", err)
+		} else if !llo && !allow {
+			return fmt.Errorf("refusing the plaintext --legacy-listen %s beyond loopback: it has no authentication; bind it to 127.0.0.1, or pass --allow-unauthenticated", legacy)
+		}
 	}
 
 	opts := lnvault.OpenOptions{Logger: log}
@@ -143,7 +202,19 @@ func runServer(cmd *cobra.Command, args []string) error {
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 
-	serveErr := srv.ListenAndServe(ctx, addr)
+	var serveErr error
+	if tc == nil {
+		serveErr = srv.ListenAndServe(ctx, addr)
+	} else {
+		if legacy != "" {
+			go func() {
+				if err := srv.ListenAndServe(ctx, legacy); err != nil {
+					log.Error("the plaintext legacy listener stopped", "addr", legacy, "err", err)
+				}
+			}()
+		}
+		serveErr = srv.ListenAndServeTLS(ctx, addr, tc, authenticated)
+	}
 	// Serve returns after in-flight appends are acknowledged; only then is
 	// the backend closed.
 	closeErr := b.Close()
