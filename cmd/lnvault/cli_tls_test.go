@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,4 +124,64 @@ func TestServerTLSAuthorizedKeys(t *testing.T) {
 		t.Fatalf("the reference client's restore from the legacy listener: dump %s", got)
 	}
 	srv.stop()
+}
+
+// `lnvault server --store --tenants`: each tenant's node inits and writes
+// its own backup under the store; `tenant revoke` and SIGHUP refuse the
+// tenant's next connection and leave its backup.
+func TestServerTenants(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tenants := filepath.Join(dir, "tenants.json")
+	nodes := map[string]string{}
+	for _, name := range []string{"alice", "bob"} {
+		netDir := filepath.Join(dir, name, "regtest")
+		if err := os.MkdirAll(netDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		replayCorpus(t, filepath.Join(netDir, "lightningd.sqlite3"), map[string]uint32{"alice": 300, "bob": 200}[name])
+		k, _, err := tlskey.LoadOrCreate(filepath.Join(netDir, ClientKeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, "server", "tenant", "add", name, "--key", k.Pin, "--tenants", tenants)
+		nodes[name] = netDir
+	}
+	r := runCLI(t, "server", "tenant", "add", "carol", "--key", "sha256:12", "--tenants", tenants)
+	assertOneLineError(t, r, "not a key pin")
+
+	srv := startServer(t, "--store", "file://"+store+"/", "--tenants", tenants, "--tls-key", filepath.Join(dir, "server.key"), "127.0.0.1:0")
+	addr, pin := srv.Addr, waitLog(t, srv, pinRe)
+	url := "socket:" + addr + "?pin=" + pin
+	for name, netDir := range nodes {
+		mustRun(t, "init", url, "--lightning-dir", netDir, "--force")
+		u := readLock(t, netDir)["backend_url"].(string)
+		r := mustRun(t, "status", u, "--json")
+		want := map[string]string{"alice": `"version": 300`, "bob": `"version": 200`}[name]
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("%s's status: %s, want %s", name, r.stdout, want)
+		}
+		if _, err := os.Stat(filepath.Join(store, name+".dbak")); err != nil {
+			t.Fatalf("%s's backup is not in the store: %v", name, err)
+		}
+	}
+	mustRun(t, "server", "tenant", "revoke", "bob", "--tenants", tenants)
+	if r := mustRun(t, "server", "tenant", "list", "--tenants", tenants); !strings.Contains(r.stdout, "bob") || !strings.Contains(r.stdout, "revoked") {
+		t.Fatalf("tenant list: %s", r.stdout)
+	}
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, srv, regexp.MustCompile(`msg="(tenants reloaded)"`))
+	bobURL := readLock(t, nodes["bob"])["backend_url"].(string) + "&retries=0"
+	r = runCLI(t, "status", bobURL)
+	assertOneLineError(t, r, "refused this client")
+	aliceURL := readLock(t, nodes["alice"])["backend_url"].(string)
+	mustRun(t, "status", aliceURL)
+	srv.stop()
+	b, err := os.ReadFile(filepath.Join(store, "bob.dbak"))
+	if err != nil || len(b) == 0 {
+		t.Fatalf("bob's backup after the revocation: %v", err)
+	}
 }

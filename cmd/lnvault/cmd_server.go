@@ -50,7 +50,7 @@ func serverTLS(cmd *cobra.Command, log *slog.Logger) (*tls.Config, bool, error) 
 // newServerCmd is `lnvault server`.
 func newServerCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "server BACKEND_URL ADDR",
+		Use:   "server BACKEND_URL ADDR | server --store URL --tenants FILE --tls-key KEY ADDR",
 		Short: "Serve a backup to remote nodes over the socket: protocol",
 		Long: `Serve the backup at BACKEND_URL (e.g. file:///var/backups/node.dbak) to remote
 nodes using the socket: backend (socket:HOST:PORT), or the reference Python
@@ -69,14 +69,20 @@ refusing any other during the handshake, and may listen beyond loopback.
 --legacy-listen ADDR2 serves the plaintext protocol beside it, for
 reference clients (loopback unless --allow-unauthenticated).
 
+With --store URL (file:///dir/, dir:///dir/ or s3://bucket/prefix) and
+--tenants FILE instead of BACKEND_URL it keeps a backup for each tenant
+(lnvault server tenant add), at URL/<name>, served only to the node with
+the tenant's client key; it reads FILE again on SIGHUP.
+
 One connection at a time may write the backup; others may restore or read its
 metadata. SIGTERM or SIGINT stops the server after in-flight changes are
 acknowledged and stored.`,
 		Example: `  lnvault server file:///var/backups/node.dbak 127.0.0.1:8700
   lnvault server --create --metrics-addr 127.0.0.1:9700 file:///srv/node.dbak [::1]:8700`,
-		Args: cobra.ExactArgs(2),
+		Args: cobra.RangeArgs(1, 2),
 		RunE: runServer,
 	}
+	c.AddCommand(newTenantCmd())
 	f := c.Flags()
 	f.String("metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9700)")
 	f.Bool("allow-unauthenticated", false, "allow listening beyond loopback (the protocol has no authentication)")
@@ -87,6 +93,8 @@ acknowledged and stored.`,
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
 	f.String("tls-key", "", "speak TLS 1.3 with this long-lived Ed25519 key (created when missing; its pin is logged for clients' pin=)")
 	f.String("authorized-keys", "", "with --tls-key: admit only the client keys whose pins this file lists")
+	f.String("store", "", "serve the tenants of --tenants, each its own backup under this URL (file:///dir/, dir:///dir/, s3://bucket/prefix)")
+	f.String("tenants", "", "with --store: the tenants file (lnvault server tenant add)")
 	f.String("legacy-listen", "", "with --tls-key: also serve the plaintext protocol on this address, for reference clients")
 	f.String("scb", "", "keep the static channel backups lnvault clients send here (default for a file: backup: BACKEND_PATH.scb/; \"none\" to refuse them)")
 	addReplicateFlags(c)
@@ -95,8 +103,27 @@ acknowledged and stored.`,
 
 func runServer(cmd *cobra.Command, args []string) error {
 	ctx := cmd.Context()
-	backendURL, addr := args[0], args[1]
 	f := cmd.Flags()
+	if store, _ := f.GetString("store"); store != "" {
+		if len(args) != 1 {
+			return errors.New("with --store the server keeps one backup per tenant: give only ADDR, not a BACKEND_URL")
+		}
+		if logLevel.Level() > slog.LevelInfo {
+			logLevel.Set(slog.LevelInfo)
+		}
+		maxPacket, _ := f.GetUint32("max-packet")
+		maxChange, _ := f.GetInt64("max-change")
+		maxSnap, _ := f.GetInt64("max-snapshot")
+		tmpdir, _ := f.GetString("tmpdir")
+		return runHub(ctx, cmd, args[0], server.Config{
+			Limits: wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
+			Logger: slog.Default().With("component", "server"),
+		})
+	}
+	if len(args) != 2 {
+		return errors.New("lnvault server needs BACKEND_URL and ADDR (or --store URL --tenants FILE --tls-key KEY and ADDR)")
+	}
+	backendURL, addr := args[0], args[1]
 	metricsAddr, _ := f.GetString("metrics-addr")
 	allow, _ := f.GetBool("allow-unauthenticated")
 	maxPacket, _ := f.GetUint32("max-packet")
