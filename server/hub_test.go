@@ -43,7 +43,9 @@ func TestHubTenants(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- h.Serve(hctx, ln) }()
 	defer func() { cancel(); <-done }()
-	url := func(key string) string { return "socket:" + ln.Addr().String() + "?pin=" + hk.Pin + "&key=" + key + "&retries=0" }
+	url := func(key string) string {
+		return "socket:" + ln.Addr().String() + "?pin=" + hk.Pin + "&key=" + key + "&retries=0"
+	}
 
 	cs := corpusChanges(t)[:60]
 	for _, w := range []struct {

@@ -45,6 +45,11 @@ type Config struct {
 	// AllowUnauthenticated permits ListenAndServe on a non-loopback
 	// address. The protocol has no authentication.
 	AllowUnauthenticated bool
+	// AppendOnly: clients may append and rewind their last change (the
+	// db_write contract's one rewind) but not delete, compact or rebase:
+	// a compromised node cannot destroy its history. Retention and
+	// compaction are the operator's.
+	AppendOnly bool
 	// WriteTimeout bounds each write to a client (a restore to a client
 	// that stopped reading). Default 1 minute.
 	WriteTimeout time.Duration
@@ -627,6 +632,13 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 	case wire.TypeRestore:
 		return c.restore(log)
 	case wire.TypeCompact:
+		if s.cfg.AppendOnly {
+			s.m.refusals.WithLabelValues("append_only").Inc()
+			log.Warn("compaction refused: the server is append-only")
+			return c.send(func(w *wire.Writer) error {
+				return w.WriteExtError("not compacted: this server is append-only (--append-only): its operator compacts it")
+			})
+		}
 		if !c.compactAside && !s.claimWriter(c) {
 			return c.nack("second_writer", log, "request", "COMPACT")
 		}
@@ -693,6 +705,9 @@ func (c *conn) startRebase(log *slog.Logger) error {
 	if _, ok := s.b.(lnvault.Rebaser); !ok {
 		return refuse("rebase_unsupported", "this server's store cannot take a snapshot from its client")
 	}
+	if s.cfg.AppendOnly {
+		return refuse("append_only", "this server is append-only (--append-only): it keeps the changes a snapshot would replace; its operator compacts it")
+	}
 	if !c.rebaseAside {
 		return refuse("rebase_unasked", "REBASE on a connection that did not ask for the rebase feature in HELLO")
 	}
@@ -739,6 +754,9 @@ func (c *conn) delete(head uint32, log *slog.Logger) error {
 		s.m.refusals.WithLabelValues(reason).Inc()
 		log.Warn("delete refused", "reason", reason, "detail", msg)
 		return c.send(func(w *wire.Writer) error { return w.WriteExtError("not deleted: " + msg) })
+	}
+	if s.cfg.AppendOnly {
+		return refuse("append_only", "this server is append-only (--append-only): no client may delete its history; its operator can")
 	}
 	e, ok := s.b.(lnvault.Emptier)
 	if !ok {

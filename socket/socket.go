@@ -738,6 +738,8 @@ func (b *Backend) compactAnswer(p wire.Packet) (lnvault.CompactStats, error) {
 		return p.Stats, nil
 	case wire.TypeNack:
 		return lnvault.CompactStats{}, fmt.Errorf("%w: compaction failed on backup server %s (see the server's log)", ErrRefused, b.cfg.Addr())
+	case wire.TypeExtError:
+		return lnvault.CompactStats{}, fmt.Errorf("%w: backup server %s: %s", ErrRefused, b.cfg.Addr(), p.Text)
 	}
 	return lnvault.CompactStats{}, &protocolError{fmt.Sprintf("backup server %s answered COMPACT with %v", b.cfg.Addr(), p.Type)}
 }

@@ -47,6 +47,11 @@ func serverTLS(cmd *cobra.Command, log *slog.Logger) (*tls.Config, bool, error) 
 	return tlskey.ServerConfig(k, func(pin string) bool { _, ok := auth[pin]; return ok }), true, nil
 }
 
+func appendOnlyFlag(cmd *cobra.Command) bool {
+	v, _ := cmd.Flags().GetBool("append-only")
+	return v
+}
+
 // newServerCmd is `lnvault server`.
 func newServerCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -93,6 +98,7 @@ acknowledged and stored.`,
 	f.Bool("create", false, "create an empty backup at BACKEND_URL if there is none")
 	f.String("tls-key", "", "speak TLS 1.3 with this long-lived Ed25519 key (created when missing; its pin is logged for clients' pin=)")
 	f.String("authorized-keys", "", "with --tls-key: admit only the client keys whose pins this file lists")
+	f.Bool("append-only", false, "clients may append and rewind their last change, never delete, compact or rebase their history (the operator compacts)")
 	f.String("store", "", "serve the tenants of --tenants, each its own backup under this URL (file:///dir/, dir:///dir/, s3://bucket/prefix)")
 	f.String("tenants", "", "with --store: the tenants file (lnvault server tenant add)")
 	f.String("legacy-listen", "", "with --tls-key: also serve the plaintext protocol on this address, for reference clients")
@@ -115,9 +121,11 @@ func runServer(cmd *cobra.Command, args []string) error {
 		maxChange, _ := f.GetInt64("max-change")
 		maxSnap, _ := f.GetInt64("max-snapshot")
 		tmpdir, _ := f.GetString("tmpdir")
+		appendOnly, _ := f.GetBool("append-only")
 		return runHub(ctx, cmd, args[0], server.Config{
-			Limits: wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
-			Logger: slog.Default().With("component", "server"),
+			Limits:     wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
+			Logger:     slog.Default().With("component", "server"),
+			AppendOnly: appendOnly,
 		})
 	}
 	if len(args) != 2 {
@@ -207,6 +215,7 @@ func runServer(cmd *cobra.Command, args []string) error {
 	srv := server.New(server.Config{
 		Limits:               wire.Limits{MaxPacket: maxPacket, MaxChange: maxChange, MaxSnapshot: maxSnap, TempDir: tmpdir},
 		AllowUnauthenticated: allow,
+		AppendOnly:           appendOnlyFlag(cmd),
 		Logger:               log,
 		SCB:                  scbStore,
 	}, b)
