@@ -50,3 +50,21 @@ func TestAuthorizedKeys(t *testing.T) {
 		}
 	}
 }
+
+// An authorized keys file from anywhere never panics, and what it admits
+// is canonical pins only.
+func FuzzAuthorized(f *testing.F) {
+	f.Add("sha256:" + strings.Repeat("ab", 32) + " node\n# c\n")
+	f.Add("sha256:zz\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := parseAuthorized("f", strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for p := range m {
+			if q, err := ParsePin(p); err != nil || q != p {
+				t.Fatalf("admitted %q, not a canonical pin", p)
+			}
+		}
+	})
+}
