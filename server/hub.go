@@ -21,6 +21,7 @@ type Tenant struct {
 	Name    string `json:"name"`
 	Key     string `json:"key"`
 	Revoked bool   `json:"revoked,omitempty"`
+	Quota
 }
 
 var tenantName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
@@ -107,10 +108,13 @@ func (h *Hub) SetTenants(tenants []Tenant) error {
 	h.byPin = byPin
 	var gone []*tenantServer
 	for name, ts := range h.servers {
-		if !h.activeLocked(name) {
+		t, ok := h.activeLocked(name)
+		if !ok {
 			gone = append(gone, ts)
 			delete(h.servers, name)
+			continue
 		}
+		ts.srv.SetQuota(t.Quota)
 	}
 	h.mu.Unlock()
 	for _, ts := range gone {
@@ -120,13 +124,13 @@ func (h *Hub) SetTenants(tenants []Tenant) error {
 	return nil
 }
 
-func (h *Hub) activeLocked(name string) bool {
+func (h *Hub) activeLocked(name string) (Tenant, bool) {
 	for _, t := range h.byPin {
 		if t.Name == name {
-			return true
+			return t, true
 		}
 	}
-	return false
+	return Tenant{}, false
 }
 
 func (h *Hub) closeTenant(ts *tenantServer) {
@@ -205,7 +209,7 @@ func (h *Hub) handle(ctx context.Context, nc net.Conn, tc *tls.Config) {
 		t.Close()
 		return
 	}
-	ts, err := h.serverFor(ctx, tenant.Name)
+	ts, err := h.serverFor(ctx, tenant)
 	if err != nil {
 		h.log.Error("opening a tenant's backup failed", "tenant", tenant.Name, "err", err)
 		t.Close()
@@ -224,8 +228,9 @@ func peerPinOf(t *tls.Conn) (string, error) {
 	return tlskey.Pin(certs[0].PublicKey)
 }
 
-// serverFor is the server of tenant name, opening its backup at first use.
-func (h *Hub) serverFor(ctx context.Context, name string) (*tenantServer, error) {
+// serverFor is the server of tenant t, opening its backup at first use.
+func (h *Hub) serverFor(ctx context.Context, t Tenant) (*tenantServer, error) {
+	name := t.Name
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closing {
@@ -240,6 +245,7 @@ func (h *Hub) serverFor(ctx context.Context, name string) (*tenantServer, error)
 	}
 	cfg := h.cfg.Server
 	cfg.Logger = h.log.With("tenant", name)
+	cfg.Quota = t.Quota
 	srv := New(cfg, b)
 	srv.tlsPin = h.cfg.Key.Pin
 	ts := &tenantServer{srv: srv, b: b}

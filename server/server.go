@@ -50,6 +50,9 @@ type Config struct {
 	// a compromised node cannot destroy its history. Retention and
 	// compaction are the operator's.
 	AppendOnly bool
+	// Quota bounds the backup's size and its writer's change rate (a
+	// hub's tenants; zero: none).
+	Quota Quota
 	// WriteTimeout bounds each write to a client (a restore to a client
 	// that stopped reading). Default 1 minute.
 	WriteTimeout time.Duration
@@ -82,6 +85,7 @@ type Server struct {
 	// tlsPin is the pin of the key ServeTLS serves with, told to clients
 	// that connect without TLS.
 	tlsPin string
+	limits limiter
 
 	// appendMu is held while a change or rewind is stored: REQ_METADATA
 	// waits for it, so that a writer reconnecting after a timeout sees
@@ -129,6 +133,7 @@ func New(cfg Config, b lnvault.Backend) *Server {
 	s.idler, _ = b.(lnvault.Idler)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(s)
+	s.initLimits(cfg.Quota)
 	return s
 }
 
@@ -586,7 +591,19 @@ func (c *conn) handle(p wire.Packet, log *slog.Logger) error {
 			s.appendMu.Unlock()
 			return c.nack("version", log, "version", p.Version, "err", err)
 		}
+		if why := s.overQuota(int64(p.Len)); why != "" {
+			s.appendMu.Unlock()
+			s.m.refusals.WithLabelValues("quota").Inc()
+			log.Warn("change refused: over quota", "version", p.Version, "detail", why)
+			return c.send(func(w *wire.Writer) error { return w.WriteExtError(why) })
+		}
+		if d := s.throttle(s.ctx); d > 0 {
+			log.Debug("writer throttled to its change rate", "waited", d)
+		}
 		err := s.b.Append(s.ctx, p.Change)
+		if err == nil {
+			s.grew(int64(p.Len) + wire.HeaderLen)
+		}
 		s.last = nil
 		if err == nil && p.Change.Kind == lnvault.KindTransaction {
 			s.last = p.Change // the wire reader allocates each packet's statements afresh
@@ -685,6 +702,7 @@ func (c *conn) compact(log *slog.Logger) {
 		}
 		return
 	}
+	s.resized(s.ctx)
 	log.Info("compaction done", "before_bytes", st.Before.BackupSize, "after_bytes", st.After.BackupSize,
 		"before_changes", st.Before.VersionCount, "after_changes", st.After.VersionCount, "took", time.Since(start))
 	if err := c.send(func(w *wire.Writer) error { return w.WriteCompactResult(st) }); err != nil {
@@ -739,6 +757,7 @@ func (c *conn) rebase(snap *lnvault.Change, log *slog.Logger) error {
 		log.Warn("rebase failed", "version", snap.Version, "err", err)
 		return c.send(func(w *wire.Writer) error { return w.WriteExtError("not rebased: " + err.Error()) })
 	}
+	s.resized(s.ctx)
 	log.Info("rebased on the client's snapshot", "version", snap.Version, "before_bytes", st.Before.BackupSize, "after_bytes", st.After.BackupSize,
 		"before_changes", st.Before.VersionCount, "after_changes", st.After.VersionCount, "took", time.Since(start))
 	return c.send(func(w *wire.Writer) error { return w.WriteCompactResult(st) })
@@ -790,6 +809,7 @@ func (c *conn) delete(head uint32, log *slog.Logger) error {
 		log.Error("delete failed", "err", err)
 		return refuse("delete_failed", err.Error())
 	}
+	s.resized(s.ctx)
 	log.Warn("backup deleted on a client's request; serving it empty", "remote", c.remote, "version_was", m.Version, "changes_were", m.VersionCount)
 	return c.send(func(w *wire.Writer) error { return w.WriteMetadata(s.b.Metadata()) })
 }

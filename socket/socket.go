@@ -496,6 +496,9 @@ func (b *Backend) expectAck(p wire.Packet, what op, version uint32) error {
 		return fmt.Errorf("%w: %s (the server's backup is at version %d; is another node writing to it, or does the version not follow?)", ErrRefused, what, p.Version)
 	case p.Type == wire.TypeNack:
 		return fmt.Errorf("%w: %s", ErrRefused, what)
+	case p.Type == wire.TypeExtError:
+		// Why the server did not store it (a quota).
+		return fmt.Errorf("%w: %s: backup server %s: %s", ErrRefused, what, b.cfg.Addr(), p.Text)
 	}
 	return &protocolError{fmt.Sprintf("backup server %s answered %s with %v", b.cfg.Addr(), what, p.Type)}
 }

@@ -168,8 +168,10 @@ func TestServerTenants(t *testing.T) {
 			t.Fatalf("%s's backup is not in the store: %v", name, err)
 		}
 	}
+	// A quota below what alice holds: her next change is refused, saying so.
+	mustRun(t, "server", "tenant", "quota", "alice", "--bytes", "1000", "--tenants", tenants)
 	mustRun(t, "server", "tenant", "revoke", "bob", "--tenants", tenants)
-	if r := mustRun(t, "server", "tenant", "list", "--tenants", tenants); !strings.Contains(r.stdout, "bob") || !strings.Contains(r.stdout, "revoked") {
+	if r := mustRun(t, "server", "tenant", "list", "--tenants", tenants); !strings.Contains(r.stdout, "bob") || !strings.Contains(r.stdout, "revoked") || !strings.Contains(r.stdout, "1000") {
 		t.Fatalf("tenant list: %s", r.stdout)
 	}
 	srv.cmd.Process.Signal(syscall.SIGHUP)

@@ -126,6 +126,47 @@ backup stays.`,
 		},
 	}
 	file(revoke)
+	quota := &cobra.Command{
+		Use:   "quota NAME [--bytes N] [--changes-per-second R] --tenants FILE",
+		Short: "Bound the tenant's backup size (changes beyond it are refused, saying so) and change rate (its writer is slowed to it); 0 lifts a bound",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, _ := cmd.Flags().GetString("tenants")
+			tf, err := readTenants(p)
+			if err != nil {
+				return err
+			}
+			for i, t := range tf.Tenants {
+				if t.Name != args[0] {
+					continue
+				}
+				if cmd.Flags().Changed("bytes") {
+					v, _ := cmd.Flags().GetInt64("bytes")
+					if v < 0 {
+						return fmt.Errorf("--bytes %d is negative", v)
+					}
+					tf.Tenants[i].QuotaBytes = v
+				}
+				if cmd.Flags().Changed("changes-per-second") {
+					v, _ := cmd.Flags().GetFloat64("changes-per-second")
+					if v < 0 {
+						return fmt.Errorf("--changes-per-second %v is negative", v)
+					}
+					tf.Tenants[i].MaxChangeRate = v
+				}
+				if err := writeTenants(p, tf); err != nil {
+					return err
+				}
+				q := tf.Tenants[i].Quota
+				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s: quota %d bytes, %v changes/s (0: none); a running server takes it on SIGHUP\n", t.Name, q.QuotaBytes, q.MaxChangeRate)
+				return nil
+			}
+			return fmt.Errorf("no tenant %s in %s", args[0], p)
+		},
+	}
+	file(quota)
+	quota.Flags().Int64("bytes", 0, "largest size of the tenant's backup, in bytes")
+	quota.Flags().Float64("changes-per-second", 0, "the tenant's writer is slowed to this many changes a second (bursts of twice that)")
 	list := &cobra.Command{
 		Use:   "list --tenants FILE",
 		Short: "List the tenants",
@@ -137,19 +178,19 @@ backup stays.`,
 				return err
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tKEY\tSTATE")
+			fmt.Fprintln(w, "NAME\tKEY\tSTATE\tQUOTA BYTES\tCHANGES/S")
 			for _, t := range tf.Tenants {
 				st := "active"
 				if t.Revoked {
 					st = "revoked"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\n", t.Name, t.Key, st)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%v\n", t.Name, t.Key, st, t.QuotaBytes, t.MaxChangeRate)
 			}
 			return w.Flush()
 		},
 	}
 	file(list)
-	c.AddCommand(add, revoke, list)
+	c.AddCommand(add, revoke, quota, list)
 	return c
 }
 
