@@ -2,10 +2,14 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/server"
@@ -89,4 +93,92 @@ func TestHubTenants(t *testing.T) {
 	if err := h.SetTenants([]server.Tenant{{Name: "alice", Key: ka.Pin}, {Name: "carol", Key: ka.Pin}}); err == nil {
 		t.Fatal("two tenants with one key were taken")
 	}
+}
+
+// BenchmarkHubNeighbour: the ack p50/p99 of a tenant writing the corpus
+// through a hub while another tenant floods (4 writers' worth of large
+// changes as fast as its limit lets it) ÷ the same tenant with the other
+// idle, in alternating bursts. The flooder is throttled to
+// LNVAULT_BENCH_FLOOD_RATE changes/s (default 200; 0: no limit).
+func BenchmarkHubNeighbour(b *testing.B) {
+	ctx := context.Background()
+	store := b.TempDir()
+	hk, _ := newKey(b)
+	kq, pq := newKey(b)
+	kf, pf := newKey(b)
+	rate := 200.0
+	if v := os.Getenv("LNVAULT_BENCH_FLOOD_RATE"); v != "" {
+		fmt.Sscan(v, &rate)
+	}
+	open := func(ctx context.Context, name string) (lnvault.Backend, error) {
+		return lnvault.Open(ctx, "file://"+filepath.Join(store, name+".dbak"), lnvault.OpenOptions{Create: true, Logger: testLogger(b)})
+	}
+	h, err := server.NewHub(server.HubConfig{Server: server.Config{Logger: testLogger(b)}, Open: open, Key: hk},
+		[]server.Tenant{{Name: "quiet", Key: kq.Pin}, {Name: "flood", Key: kf.Pin, Quota: server.Quota{MaxChangeRate: rate}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Serve(hctx, ln) }()
+	defer func() { cancel(); <-done }()
+	url := func(key string) string { return "socket:" + ln.Addr().String() + "?pin=" + hk.Pin + "&key=" + key }
+	quiet := openSocket(b, url(pq), lnvault.OpenOptions{Create: true})
+	flood := openSocket(b, url(pf), lnvault.OpenOptions{Create: true})
+	changes := corpusChanges(b)
+	big := strings.Repeat("x", 60000)
+	var alone, beside []time.Duration
+	v, fv := uint32(0), uint32(0)
+	const burst = 100
+	b.ResetTimer()
+	for round := 0; round < 2 || len(alone)+len(beside) < b.N; round++ {
+		stop := make(chan struct{})
+		fdone := make(chan struct{})
+		flooding := round%2 == 1
+		if flooding {
+			go func() {
+				defer close(fdone)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					fv++
+					if err := flood.Append(ctx, lnvault.NewTransaction(fv, []string{"INSERT INTO t VALUES ('" + big + "')"})); err != nil {
+						return
+					}
+				}
+			}()
+		} else {
+			close(fdone)
+		}
+		for i := 0; i < burst; i++ {
+			v++
+			t0 := time.Now()
+			if err := quiet.Append(ctx, lnvault.NewTransaction(v, changes[int(v)%len(changes)].Statements)); err != nil {
+				b.Fatal(err)
+			}
+			if flooding {
+				beside = append(beside, time.Since(t0))
+			} else {
+				alone = append(alone, time.Since(t0))
+			}
+		}
+		close(stop)
+		<-fdone
+	}
+	b.StopTimer()
+	slices.Sort(alone)
+	slices.Sort(beside)
+	q := func(s []time.Duration, f float64) float64 { return float64(s[int(float64(len(s)-1)*f)].Microseconds()) }
+	b.ReportMetric(q(alone, 0.99), "alone-p99-µs")
+	b.ReportMetric(q(beside, 0.99), "beside-p99-µs")
+	b.ReportMetric(q(beside, 0.5)/q(alone, 0.5), "beside/alone-p50")
+	b.ReportMetric(q(beside, 0.99)/q(alone, 0.99), "beside/alone-p99")
+	b.ReportMetric(float64(fv), "flood-changes")
 }
