@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -15,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	_ "github.com/lnvault/lnvault/dbapply" // the "sqlite" driver
 	"github.com/lnvault/lnvault/internal/dumphash"
 	"github.com/lnvault/lnvault/internal/harness"
@@ -233,25 +229,8 @@ func hostHoldsNoPlaintext(tb testing.TB, nodeDB, endpoint, bucket, prefix string
 			return nil
 		})
 	}
-	c := s3test.Client(endpoint)
-	pages := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String(prefix)})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(context.Background())
-		if err != nil {
-			tb.Fatal(err)
-		}
-		for _, o := range page.Contents {
-			r, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: o.Key})
-			if err != nil {
-				tb.Fatal(err)
-			}
-			b, err := io.ReadAll(r.Body)
-			r.Body.Close()
-			if err != nil {
-				tb.Fatal(err)
-			}
-			held[aws.ToString(o.Key)] = b
-		}
+	for k, b := range s3test.Objects(tb, endpoint, bucket, prefix) {
+		held[k] = b
 	}
 	var total int
 	for name, b := range held {

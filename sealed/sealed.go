@@ -34,6 +34,7 @@ import (
 	"strings"
 
 	"filippo.io/age"
+	"github.com/lnvault/lnvault/internal/durable"
 	"github.com/lnvault/lnvault/seal"
 )
 
@@ -145,21 +146,10 @@ func NewIdentity(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("writing the new identity: %w (choose a path where no file is)", err)
-	}
 	r := id.Recipient().String()
-	_, err = fmt.Fprintf(f, "# lnvault backup identity: it alone can restore the backups encrypted for\n# public key: %s\n%s\n", r, id.String())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return "", fmt.Errorf("writing the new identity %s: %w", path, err)
+	data := fmt.Sprintf("# lnvault backup identity: it alone can restore the backups encrypted for\n# public key: %s\n%s\n", r, id.String())
+	if err := durable.CreateFile(path, []byte(data), 0o600); err != nil {
+		return "", fmt.Errorf("writing the new identity: %w (choose a path where no file is)", err)
 	}
 	return r, nil
 }

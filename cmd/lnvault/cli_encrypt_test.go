@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/lnvault/lnvault"
 	"github.com/lnvault/lnvault/internal/corpus"
 	"github.com/lnvault/lnvault/internal/harness"
@@ -35,27 +32,9 @@ func hostBytes(t *testing.T, endpoint, bucket string, dirs ...string) map[string
 			return nil
 		})
 	}
-	if endpoint == "" {
-		return out
-	}
-	c := s3test.Client(endpoint)
-	p := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
-	for p.HasMorePages() {
-		page, err := p.NextPage(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range page.Contents {
-			r, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: o.Key})
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := io.ReadAll(r.Body)
-			r.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out["s3://"+bucket+"/"+aws.ToString(o.Key)] = b
+	if endpoint != "" {
+		for k, b := range s3test.Objects(t, endpoint, bucket, "") {
+			out["s3://"+bucket+"/"+k] = b
 		}
 	}
 	return out

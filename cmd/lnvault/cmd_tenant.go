@@ -50,6 +50,25 @@ func writeTenants(p string, tf tenantsFile) error {
 	return durable.WriteFile(p, append(data, '\n'), 0o600)
 }
 
+// editTenant changes tenant name in the --tenants file with fn and writes
+// the file back.
+func editTenant(cmd *cobra.Command, name string, fn func(*server.Tenant) error) error {
+	p, _ := cmd.Flags().GetString("tenants")
+	tf, err := readTenants(p)
+	if err != nil {
+		return err
+	}
+	for i := range tf.Tenants {
+		if tf.Tenants[i].Name == name {
+			if err := fn(&tf.Tenants[i]); err != nil {
+				return err
+			}
+			return writeTenants(p, tf)
+		}
+	}
+	return fmt.Errorf("no tenant %s in %s", name, p)
+}
+
 // newTenantCmd is `lnvault server tenant`.
 func newTenantCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -107,22 +126,11 @@ backup stays.`,
 		Short: "Refuse the tenant's key from now on (its backup stays)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _ := cmd.Flags().GetString("tenants")
-			tf, err := readTenants(p)
-			if err != nil {
-				return err
-			}
-			for i, t := range tf.Tenants {
-				if t.Name == args[0] {
-					tf.Tenants[i].Revoked = true
-					if err := writeTenants(p, tf); err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "revoked tenant %s; a running server closes its connections on SIGHUP\n", t.Name)
-					return nil
-				}
-			}
-			return fmt.Errorf("no tenant %s in %s", args[0], p)
+			return editTenant(cmd, args[0], func(t *server.Tenant) error {
+				t.Revoked = true
+				fmt.Fprintf(cmd.OutOrStdout(), "revoked tenant %s; a running server closes its connections on SIGHUP\n", t.Name)
+				return nil
+			})
 		},
 	}
 	file(revoke)
@@ -131,37 +139,24 @@ backup stays.`,
 		Short: "Bound the tenant's backup size (changes beyond it are refused, saying so) and change rate (its writer is slowed to it); 0 lifts a bound",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _ := cmd.Flags().GetString("tenants")
-			tf, err := readTenants(p)
-			if err != nil {
-				return err
-			}
-			for i, t := range tf.Tenants {
-				if t.Name != args[0] {
-					continue
-				}
+			return editTenant(cmd, args[0], func(t *server.Tenant) error {
 				if cmd.Flags().Changed("bytes") {
 					v, _ := cmd.Flags().GetInt64("bytes")
 					if v < 0 {
 						return fmt.Errorf("--bytes %d is negative", v)
 					}
-					tf.Tenants[i].QuotaBytes = v
+					t.QuotaBytes = v
 				}
 				if cmd.Flags().Changed("changes-per-second") {
 					v, _ := cmd.Flags().GetFloat64("changes-per-second")
 					if v < 0 {
 						return fmt.Errorf("--changes-per-second %v is negative", v)
 					}
-					tf.Tenants[i].MaxChangeRate = v
+					t.MaxChangeRate = v
 				}
-				if err := writeTenants(p, tf); err != nil {
-					return err
-				}
-				q := tf.Tenants[i].Quota
-				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s: quota %d bytes, %v changes/s (0: none); a running server takes it on SIGHUP\n", t.Name, q.QuotaBytes, q.MaxChangeRate)
+				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s: quota %d bytes, %v changes/s (0: none); a running server takes it on SIGHUP\n", t.Name, t.QuotaBytes, t.MaxChangeRate)
 				return nil
-			}
-			return fmt.Errorf("no tenant %s in %s", args[0], p)
+			})
 		},
 	}
 	file(quota)

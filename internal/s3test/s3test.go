@@ -5,6 +5,7 @@ package s3test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -210,6 +211,35 @@ func Client(endpoint string) *s3.Client {
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
 	})
+}
+
+// Objects reads every object of bucket under prefix, by key: what a host
+// holds, for tests that search it.
+func Objects(tb testing.TB, endpoint, bucket, prefix string) map[string][]byte {
+	tb.Helper()
+	ctx := context.Background()
+	c := Client(endpoint)
+	out := map[string][]byte{}
+	pages := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String(prefix)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, o := range page.Contents {
+			r, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: o.Key})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			b, err := io.ReadAll(r.Body)
+			r.Body.Close()
+			if err != nil {
+				tb.Fatal(err)
+			}
+			out[aws.ToString(o.Key)] = b
+		}
+	}
+	return out
 }
 
 // CreateBucket creates a bucket on the server.
