@@ -33,8 +33,8 @@ func (s *Server) SetQuota(q Quota) { s.limits.lim.Store(&q) }
 
 func (s *Server) initLimits(l Quota) {
 	s.limits.lim.Store(&l)
-	if st, err := s.b.Status(context.Background()); err == nil {
-		s.limits.size.Store(st.Size)
+	if s.b != nil {
+		s.resized(context.Background())
 	}
 }
 
