@@ -188,15 +188,9 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 
 // handle completes the handshake and gives the connection to its tenant.
 func (h *Hub) handle(ctx context.Context, nc net.Conn, tc *tls.Config) {
-	if t, ok := nc.(*net.TCPConn); ok {
-		t.SetNoDelay(true)
-		t.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
-	}
+	tuneTCP(nc)
 	t := tls.Server(nc, tc)
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	err := t.HandshakeContext(hctx)
-	cancel()
-	if err != nil {
+	if err := handshakeTLS(ctx, t, h.cfg.Key.Pin); err != nil {
 		h.log.Warn("refused: TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		nc.Close()
 		return

@@ -71,6 +71,9 @@ func TestHubTenants(t *testing.T) {
 	if _, err := socket.Open(ctx, url(pc), lnvault.OpenOptions{Logger: testLogger(t)}); err == nil || !strings.Contains(err.Error(), "refused this client") {
 		t.Fatalf("an unknown key: %v", err)
 	}
+	if _, err := socket.Open(ctx, "socket:"+ln.Addr().String()+"?retries=0", lnvault.OpenOptions{Logger: testLogger(t)}); err == nil || !strings.Contains(err.Error(), "speaks TLS") {
+		t.Fatalf("a client without TLS: %v", err)
+	}
 	tenants[1].Revoked = true
 	if err := h.SetTenants(tenants); err != nil {
 		t.Fatal(err)

@@ -70,6 +70,15 @@ func TestRebaseOverSocket(t *testing.T) {
 		t.Fatalf("after the rebase: %d changes streamed, want the snapshot and 150; dump equal %v", n, h == prefixHash(t, 400))
 	}
 
+	// Another client may not replace the writer's history.
+	other := openSocket(t, ts.url(""), lnvault.OpenOptions{})
+	before := ts.b.Metadata()
+	if _, err := other.Rebase(ctx, snapshotOf(t, changes[:260])); err == nil || !strings.Contains(err.Error(), "only it may rebase it") {
+		t.Fatalf("a rebase by a second client beside the writer: %v", err)
+	}
+	if m := ts.b.Metadata(); m != before {
+		t.Fatalf("a refused rebase changed the backup: %+v", m)
+	}
 	// The head must stay a change of its own.
 	if _, err := w.Rebase(ctx, snapshotOf(t, changes)); err == nil || !strings.Contains(err.Error(), "not rebased") || !strings.Contains(err.Error(), "must stay a change of its own") {
 		t.Fatalf("a rebase at the head: %v", err)

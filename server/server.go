@@ -319,11 +319,7 @@ func (s *Server) track(nc net.Conn, tc *tls.Config) bool {
 		s.log.Warn("refusing a connection: too many open", "remote", nc.RemoteAddr().String(), "max_conns", s.cfg.MaxConns)
 		return false
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-		// A writer whose host died must not hold the writer role for hours.
-		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
-	}
+	tuneTCP(nc)
 	if tc != nil {
 		nc = tls.Server(nc, tc)
 	}
@@ -464,21 +460,37 @@ func (c *conn) handshake(log *slog.Logger) bool {
 	if !ok {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(c.s.ctx, handshakeTimeout)
-	defer cancel()
-	if err := t.HandshakeContext(ctx); err != nil {
+	if err := handshakeTLS(c.s.ctx, t, c.s.pin()); err != nil {
 		c.s.m.refusals.WithLabelValues("tls").Inc()
 		log.Warn("refused: TLS handshake failed", "err", err)
-		var rhe tls.RecordHeaderError
-		if errors.As(err, &rhe) && rhe.Conn != nil {
-			// A client without TLS: tell it in its own protocol.
-			rhe.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			w := wire.NewWriter(rhe.Conn)
-			w.WriteExtError("this backup server speaks TLS: connect with socket:HOST:PORT?pin=" + c.s.pin() + " (plaintext clients: its --legacy-listen address, if it has one)")
-		}
 		return false
 	}
 	return true
+}
+
+// handshakeTLS completes t's handshake within handshakeTimeout. A client
+// without TLS is told, in its own protocol, how to connect (pin: the
+// server's key's).
+func handshakeTLS(ctx context.Context, t *tls.Conn, pin string) error {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	err := t.HandshakeContext(ctx)
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) && rhe.Conn != nil {
+		rhe.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		wire.NewWriter(rhe.Conn).WriteExtError("this backup server speaks TLS: connect with socket:HOST:PORT?pin=" + pin + " (plaintext clients: its --legacy-listen address, if it has one)")
+	}
+	return err
+}
+
+// tuneTCP sets what every client connection needs: no batching (every
+// packet waits for an answer) and keepalive (a writer whose host died must
+// not hold the writer role for hours).
+func tuneTCP(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
+	}
 }
 
 // pin is the pin of the server's TLS key.
@@ -728,6 +740,11 @@ func (c *conn) startRebase(log *slog.Logger) error {
 	}
 	if !c.rebaseAside {
 		return refuse("rebase_unasked", "REBASE on a connection that did not ask for the rebase feature in HELLO")
+	}
+	if !s.mayWriteSoon(c) {
+		// A rebase replaces history: only the writer's own client (its
+		// token) may send one, never a second client beside it.
+		return refuse("second_writer", "another client is the writer of this backup: only it may rebase it")
 	}
 	c.rebaseNext.Store(true)
 	return nil

@@ -54,7 +54,7 @@ func (e *noExtError) Error() string {
 // listing feature gives a connection; the rest is a *noExtError. The first
 // answer must come within helloTimeout (no answer by then is a *noExtError
 // when silentIsNo, a timeout error otherwise); later reads use cfg.Timeout.
-func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, helloTimeout time.Duration, silentIsNo bool) (*extConn, error) {
+func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, helloTimeout time.Duration, silentIsNo bool, more ...string) (*extConn, error) {
 	nc, err := cfg.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -64,7 +64,7 @@ func dialExt(ctx context.Context, cfg Config, feature string, maxPacket uint32, 
 	c.stop = context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	var hello bytes.Buffer
 	w := wire.NewWriter(&hello)
-	w.WriteFeatures(wire.TypeHello, []string{feature})
+	w.WriteFeatures(wire.TypeHello, append([]string{feature}, more...))
 	w.WriteEmpty(wire.TypeReqMetadata)
 	nc.SetWriteDeadline(time.Now().Add(cfg.Timeout))
 	if _, err := nc.Write(hello.Bytes()); err != nil {

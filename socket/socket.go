@@ -706,7 +706,9 @@ func (b *Backend) Rebase(ctx context.Context, snap *lnvault.Change) (lnvault.Com
 	if b.opts.ReadOnly {
 		return lnvault.CompactStats{}, errors.New("socket backend opened read-only: cannot rebase")
 	}
-	c, err := dialExt(ctx, b.cfg, wire.FeatureRebase, 0, min(asideHelloTimeout, b.cfg.Timeout), true)
+	// The writer's token: only the writer's client may replace the start
+	// of its backup.
+	c, err := dialExt(ctx, b.cfg, wire.FeatureRebase, 0, min(asideHelloTimeout, b.cfg.Timeout), true, wire.WriterFeature(b.token))
 	if err != nil {
 		var ne *noExtError
 		if errors.As(err, &ne) {

@@ -58,7 +58,8 @@
 //   - "rebase": REBASE (0x29, empty) on a connection that asked for it says
 //     that the next SNAPSHOT on it replaces every change up to the
 //     snapshot's version (at least the head must come after it); the server
-//     answers COMPACT_RES, or EXT_ERROR saying why nothing changed. The node
+//     answers COMPACT_RES, or EXT_ERROR saying why nothing changed. Only the
+//     writer's client may send it (the HELLO names the writer's token). The node
 //     compacts an end-to-end encrypted backup, which its server cannot
 //     read, this way, while its appends go on over its first connection.
 package wire

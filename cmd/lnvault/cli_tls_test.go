@@ -152,6 +152,10 @@ func TestServerTenants(t *testing.T) {
 	}
 	r := runCLI(t, "server", "tenant", "add", "carol", "--key", "sha256:12", "--tenants", tenants)
 	assertOneLineError(t, r, "not a key pin")
+	r = runCLI(t, "server", "--store", "file://"+store+"/", "--tenants", tenants, "--tls-key", filepath.Join(dir, "server.key"), "--replicate", "dir://"+dir+"/r", "127.0.0.1:0")
+	assertOneLineError(t, r, "--replicate does not apply with --store")
+	r = runCLI(t, "server", "--store", "ftp://x/", "--tenants", tenants, "--tls-key", filepath.Join(dir, "server.key"), "127.0.0.1:0")
+	assertOneLineError(t, r, "use file:///dir/, dir:///dir/ or s3://bucket/prefix")
 
 	srv := startServer(t, "--store", "file://"+store+"/", "--tenants", tenants, "--tls-key", filepath.Join(dir, "server.key"), "127.0.0.1:0")
 	addr, pin := srv.Addr, waitLog(t, srv, pinRe)

@@ -114,6 +114,12 @@ func runServer(cmd *cobra.Command, args []string) error {
 		if len(args) != 1 {
 			return errors.New("with --store the server keeps one backup per tenant: give only ADDR, not a BACKEND_URL")
 		}
+		// Say so rather than ignore what a multi-tenant server does not do.
+		for _, name := range []string{"create", "scb", "metrics-addr", "authorized-keys", "legacy-listen", "allow-unauthenticated", "replicate"} {
+			if f.Changed(name) {
+				return fmt.Errorf("--%s does not apply with --store: tenants' backups are created at their first connection, admitted by the tenants file, over TLS only, without SCBs, metrics or replicas yet", name)
+			}
+		}
 		if logLevel.Level() > slog.LevelInfo {
 			logLevel.Set(slog.LevelInfo)
 		}

@@ -228,6 +228,9 @@ func runHub(ctx context.Context, cmd *cobra.Command, addr string, srvCfg server.
 		log.Info("created the server's TLS key", "file", keyFile)
 	}
 	log.Info("the server's key pin: clients connect with socket:HOST:PORT?pin="+k.Pin, "pin", k.Pin)
+	if _, err := os.Stat(tfPath); err != nil {
+		return fmt.Errorf("--tenants %s: %w (create it with lnvault server tenant add NAME --key sha256:... --tenants %s)", tfPath, err, tfPath)
+	}
 	tf, err := readTenants(tfPath)
 	if err != nil {
 		return err
