@@ -66,6 +66,7 @@ type Vault struct {
 	size        atomic.Int64 // estimated bytes of the largest destination
 	sizeAfter   atomic.Int64 // size right after the last compaction
 	sinceCompat atomic.Int64 // changes since the last compaction
+	retryAt     atomic.Int64 // unix nanoseconds before which no automatic compaction starts
 	lastCompact atomic.Pointer[CompactReport]
 
 	shadow *shadow.Shadow // nil: none (an encrypted backup has one)
@@ -312,7 +313,7 @@ func (v *Vault) afterAppend(ctx context.Context, writes []string) {
 	t := v.auto.Load()
 	due := (t.Changes > 0 && changes >= t.Changes) ||
 		(t.Size > 0 && size >= t.Size && size >= 2*v.sizeAfter.Load())
-	if !due || v.compacting.Load() {
+	if !due || v.compacting.Load() || time.Now().UnixNano() < v.retryAt.Load() {
 		return
 	}
 	v.compactWG.Add(1)
@@ -325,10 +326,18 @@ func (v *Vault) afterAppend(ctx context.Context, writes []string) {
 			v.auto.Store(&Thresholds{})
 			v.log.Warn("automatic compaction is off for this run", "err", err)
 		case err != nil && !errors.Is(err, ErrCompacting):
-			v.log.Warn("automatic compaction failed", "err", err)
+			// Not again at the very next change: a failing destination
+			// (or an encrypted backup's shadow not ready) would make
+			// every db_write start one.
+			v.retryAt.Store(time.Now().Add(AutoCompactRetry).UnixNano())
+			v.log.Warn("automatic compaction failed; trying again later", "err", err, "retry_in", AutoCompactRetry.String())
 		}
 	}()
 }
+
+// AutoCompactRetry is how long automatic compaction waits after a failure;
+// a variable for tests.
+var AutoCompactRetry = time.Minute
 
 // errNoneCompactable: no destination can be compacted in this run.
 var errNoneCompactable = errors.New("no destination can be compacted")
@@ -364,11 +373,16 @@ func (v *Vault) Compact(ctx context.Context) (*CompactReport, error) {
 		}
 		st, err := d.Backend.Compact(ctx)
 		if errors.Is(err, lnvault.ErrSealed) {
-			// Asking again at every change would only repeat it.
+			// Asking again at every change would only repeat it: skipped
+			// from now on, not a failure of the others' compaction.
 			d.mu.Lock()
 			d.sealedNoCompact = err
 			d.mu.Unlock()
 			v.log.Warn("this destination of the encrypted backup is not compacted in this run", "destination", d.URL, "err", err)
+			mu.Lock()
+			rep.Errs[d.URL] = "not compacted: " + err.Error()
+			mu.Unlock()
+			return nil
 		}
 		mu.Lock()
 		defer mu.Unlock()

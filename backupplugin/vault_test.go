@@ -227,3 +227,27 @@ func TestVaultSealedDestinationNotCompacted(t *testing.T) {
 		t.Fatalf("automatic compaction still on: %+v", th)
 	}
 }
+
+type failMem struct{ *memBackend }
+
+func (f failMem) Compact(context.Context) (lnvault.CompactStats, error) {
+	f.compacts++
+	return lnvault.CompactStats{}, errors.New("disk full")
+}
+
+// A failed automatic compaction is not tried again at every change.
+func TestVaultAutoCompactBacksOff(t *testing.T) {
+	ctx := context.Background()
+	b := failMem{&memBackend{}}
+	v := NewVault(ctx, []*Destination{{URL: "mem://a", Backend: b}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	v.SetAutoCompact(Thresholds{Changes: 5})
+	for ver := uint32(1); ver <= 50; ver++ {
+		if err := v.Write(ctx, ver, tx); err != nil {
+			t.Fatal(err)
+		}
+		v.Wait()
+	}
+	if b.compacts != 1 {
+		t.Fatalf("a failing compaction was tried %d times in 45 changes past the threshold, want once", b.compacts)
+	}
+}
