@@ -247,51 +247,55 @@ func (b *Backend) Compact(ctx context.Context) (lnvault.CompactStats, error) {
 	case !ok:
 		return lnvault.CompactStats{}, fmt.Errorf("%w: the node compacts it by sending a snapshot in place of the changes before its head, which this storage cannot take (a reference backup server): it grows until it is re-initialised", lnvault.ErrSealed)
 	}
+	snap, release, err := b.s.sharedSnapshot(func() (uint32, *os.File, error) { return b.sealNodeSnapshot(ctx) })
+	if err != nil {
+		return lnvault.CompactStats{}, err
+	}
+	defer release()
+	cst, err := rb.Rebase(ctx, lnvault.NewSnapshot(snap.v, io.NewSectionReader(snap.f, 0, snap.size)))
+	if errors.Is(err, lnvault.ErrNoRebase) {
+		err = fmt.Errorf("%w: the node compacts it, and %w; the backup grows until it is re-initialised", lnvault.ErrSealed, err)
+	}
+	return cst, err
+}
+
+// sealNodeSnapshot copies the node's database, waits until the head is
+// past its version v, and seals it where this run's changes after v start,
+// with the chain up to v, into a temp file.
+func (b *Backend) sealNodeSnapshot(ctx context.Context) (uint32, *os.File, error) {
 	dir, err := os.MkdirTemp("", "lnvault-compact-")
 	if err != nil {
-		return lnvault.CompactStats{}, fmt.Errorf("compaction needs a temp directory (set TMPDIR to a writable one): %w", err)
+		return 0, nil, fmt.Errorf("compaction needs a temp directory (set TMPDIR to a writable one): %w", err)
 	}
 	defer os.RemoveAll(dir)
 	dbPath := filepath.Join(dir, "node.sqlite3")
 	v, err := b.src(ctx, dbPath)
 	if err != nil {
-		return lnvault.CompactStats{}, fmt.Errorf("compaction: copying the node's database: %w", err)
+		return 0, nil, fmt.Errorf("compaction: copying the node's database: %w", err)
 	}
 	if err := b.waitPast(ctx, v); err != nil {
-		return lnvault.CompactStats{}, err
+		return 0, nil, err
 	}
 	b.mu.Lock()
 	m, found := b.hist.at(v)
 	e := b.envelope(lnvault.KindSnapshot)
 	b.mu.Unlock()
 	if !found {
-		return lnvault.CompactStats{}, fmt.Errorf("compaction: the node's database is at version %d, which this run has not written (a compaction needs the changes after it to be of this run): it runs again later", v)
+		return 0, nil, fmt.Errorf("compaction: the node's database is at version %d, which this run has not written (a compaction needs the changes after it to be of this run): it runs again later", v)
 	}
 	e.index = m.next
 	pos := seal.Position{Index: m.next, Version: v, Kind: snapshotKind}
 	db, err := os.Open(dbPath)
 	if err != nil {
-		return lnvault.CompactStats{}, err
+		return 0, nil, err
 	}
 	defer db.Close()
 	st, err := db.Stat()
 	if err != nil {
-		return lnvault.CompactStats{}, err
+		return 0, nil, err
 	}
 	f, err := sealSnapshotFile(b.s, e, pos, m.chain, io.NewSectionReader(db, 0, st.Size()))
-	if err != nil {
-		return lnvault.CompactStats{}, err
-	}
-	defer removeTemp(f)
-	fst, err := f.Stat()
-	if err != nil {
-		return lnvault.CompactStats{}, err
-	}
-	cst, err := rb.Rebase(ctx, lnvault.NewSnapshot(v, io.NewSectionReader(f, 0, fst.Size())))
-	if errors.Is(err, lnvault.ErrNoRebase) {
-		err = fmt.Errorf("%w: the node compacts it, and %w; the backup grows until it is re-initialised", lnvault.ErrSealed, err)
-	}
-	return cst, err
+	return v, f, err
 }
 
 // waitPast waits until the head is past v.

@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault/internal/durable"
@@ -51,6 +52,64 @@ type Session struct {
 	key *seal.Key
 	ks  *keySection
 	pad bool
+
+	mu   sync.Mutex
+	snap *sharedSnap // the compaction round in progress, if any
+}
+
+// sharedSnap is one compaction round's sealed snapshot: the destinations
+// of a session compact together (the plugin compacts them in parallel) and
+// store the same snapshot, so the node's database is copied and sealed
+// once, not once per destination.
+type sharedSnap struct {
+	ready chan struct{}
+	v     uint32
+	f     *os.File
+	size  int64
+	err   error
+	refs  int
+}
+
+// sharedSnapshot joins the round in progress or starts one with build;
+// release ends the caller's share (the last one removes the file).
+func (s *Session) sharedSnapshot(build func() (uint32, *os.File, error)) (*sharedSnap, func(), error) {
+	s.mu.Lock()
+	sn := s.snap
+	if sn == nil {
+		sn = &sharedSnap{ready: make(chan struct{})}
+		s.snap = sn
+		sn.refs++
+		s.mu.Unlock()
+		sn.v, sn.f, sn.err = build()
+		if sn.err == nil {
+			var st os.FileInfo
+			if st, sn.err = sn.f.Stat(); sn.err == nil {
+				sn.size = st.Size()
+			}
+		}
+		close(sn.ready)
+	} else {
+		sn.refs++
+		s.mu.Unlock()
+		<-sn.ready
+	}
+	release := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if sn.refs--; sn.refs == 0 {
+			if s.snap == sn {
+				s.snap = nil
+			}
+			if sn.f != nil {
+				removeTemp(sn.f)
+			}
+		}
+	}
+	if sn.err != nil {
+		release()
+		return nil, func() {}, sn.err
+	}
+	return sn, release, nil
 }
 
 // NewSession makes a new generation: a random data key wrapped for the

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"github.com/lnvault/lnvault"
@@ -566,4 +567,65 @@ func TestNodeCompaction(t *testing.T) {
 	defer b.Close()
 	appendN(600)
 	check("after a restart", 600)
+}
+
+// The destinations of one session compacting together share one copy and
+// seal of the node's database; the file goes with the last of them.
+func TestSharedSnapshot(t *testing.T) {
+	s := newKeys(t).session(t)
+	builds := 0
+	unblock := make(chan struct{})
+	build := func() (uint32, *os.File, error) {
+		builds++
+		<-unblock
+		f, err := os.CreateTemp(t.TempDir(), "snap")
+		f.WriteString("sealed")
+		return 7, f, err
+	}
+	type res struct {
+		sn      *sharedSnap
+		release func()
+		err     error
+	}
+	out := make(chan res, 2)
+	go func() { sn, r, err := s.sharedSnapshot(build); out <- res{sn, r, err} }()
+	for {
+		s.mu.Lock()
+		started := s.snap != nil
+		s.mu.Unlock()
+		if started {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go func() { sn, r, err := s.sharedSnapshot(build); out <- res{sn, r, err} }()
+	for {
+		s.mu.Lock()
+		joined := s.snap.refs == 2
+		s.mu.Unlock()
+		if joined {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(unblock)
+	a, b := <-out, <-out
+	if a.err != nil || b.err != nil || builds != 1 || a.sn != b.sn || a.sn.v != 7 || a.sn.size != 6 {
+		t.Fatalf("builds %d, %v %v, shared %v", builds, a.err, b.err, a.sn == b.sn)
+	}
+	name := a.sn.f.Name()
+	a.release()
+	if _, err := os.Stat(name); err != nil {
+		t.Fatal("the snapshot went before its last user")
+	}
+	b.release()
+	if _, err := os.Stat(name); err == nil {
+		t.Fatal("the snapshot outlived its users")
+	}
+	// The next round builds again.
+	if _, r, err := s.sharedSnapshot(func() (uint32, *os.File, error) { builds++; f, err := os.CreateTemp(t.TempDir(), "x"); return 8, f, err }); err != nil || builds != 2 {
+		t.Fatalf("a second round: builds %d, %v", builds, err)
+	} else {
+		r()
+	}
 }
