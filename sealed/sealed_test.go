@@ -623,7 +623,11 @@ func TestSharedSnapshot(t *testing.T) {
 		t.Fatal("the snapshot outlived its users")
 	}
 	// The next round builds again.
-	if _, r, err := s.sharedSnapshot(func() (uint32, *os.File, error) { builds++; f, err := os.CreateTemp(t.TempDir(), "x"); return 8, f, err }); err != nil || builds != 2 {
+	if _, r, err := s.sharedSnapshot(func() (uint32, *os.File, error) {
+		builds++
+		f, err := os.CreateTemp(t.TempDir(), "x")
+		return 8, f, err
+	}); err != nil || builds != 2 {
 		t.Fatalf("a second round: builds %d, %v", builds, err)
 	} else {
 		r()
